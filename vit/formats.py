@@ -1,0 +1,335 @@
+"""Byte-level readers and writers: IDX (MNIST), CIFAR-10 binary records, safetensors.
+
+Every parser checks the sizes a file declares against the bytes it really has *before* allocating,
+and reports any bad input as `VitError` with the path and what is wrong. Writers go through
+`atomic_write`, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class VitError(ValueError):
+    """The project's one error class: a bad file, folder, download or argument, with a clear message."""
+
+
+@contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Yield a file open on `<path>.tmp-<pid>`; on success fsync it and rename it onto `path`.
+
+    On an exception the temp file is removed and `path` is left as it was (absent or the old file).
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    f = open(tmp, mode, encoding=None if "b" in mode else "utf-8")
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX only; a no-op where folders cannot be opened)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_CHUNK = 1 << 24  # 16 MiB: bounds the temporary a gzip stream's readinto makes
+
+
+def _fill(f: IO[bytes], buf: memoryview) -> int:
+    """Read into `buf` until it is full or the stream ends; return the number of bytes read."""
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:got + _CHUNK])
+        if not n:
+            break
+        got += n
+    return got
+
+
+# ---------------------------------------------------------------------------------------------- IDX
+
+_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
+_GZIP_MAX_RATIO = 1032  # deflate cannot expand data by more than ~1032x
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip, detected by the magic bytes 1f 8b) as a native-endian array.
+
+    Format: magic `00 00 <type> <ndim>`, then ndim big-endian uint32 dims, then the big-endian data.
+    """
+    path = Path(path)
+    with open(path, "rb") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        compressed = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw) if compressed else raw
+        try:
+            return _read_idx_stream(path, f, size, compressed)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # corrupt or cut-off gzip stream
+            raise VitError(f"{path}: corrupt gzip data ({e})") from None
+
+
+def _read_idx_stream(path: Path, f: IO[bytes], size: int, compressed: bool) -> np.ndarray:
+    """Parse IDX from the (decompressed) stream `f`; `size` is the file's size on disk."""
+    head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+        raise VitError(f"{path}: bad magic {head.hex(' ')!r}: expected 00 00 <type> <ndim> with type "
+                       f"in {', '.join(f'{c:#04x}' for c in _IDX_DTYPES)}; is this an IDX file?")
+    dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+    if ndim == 0:
+        raise VitError(f"{path}: bad header: ndim is 0 (an IDX file has at least one dimension)")
+    dims_raw = f.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise VitError(f"{path}: truncated: header declares {ndim} dims, file ends inside them")
+    shape = struct.unpack(f">{ndim}I", dims_raw)
+    expected = dtype.itemsize
+    for d in shape:  # Python ints: no overflow however large the dims
+        expected *= d
+    header = 4 + 4 * ndim
+    if not compressed and expected != size - header:
+        problem = "truncated" if expected > size - header else "trailing bytes"
+        raise VitError(f"{path}: {problem}: header says {expected} data bytes for shape {shape}, "
+                       f"file has {size - header}")
+    if compressed and expected > _GZIP_MAX_RATIO * size:
+        raise VitError(f"{path}: truncated: header says {expected} data bytes for shape {shape}, "
+                       f"more than a {size}-byte gzip file can hold")
+    data = np.empty(expected, dtype=np.uint8)
+    got = _fill(f, memoryview(data))
+    if got < expected:
+        raise VitError(f"{path}: truncated: header says {expected} data bytes, file has {got}")
+    if f.read(1):  # bounded read: a gzip bomb stops one byte past what the header justifies
+        raise VitError(f"{path}: trailing bytes after the {expected} data bytes the header declares")
+    array = data.view(dtype).reshape(shape)  # (nbytes,) -> (nbytes / itemsize,) -> header's shape
+    return array.astype(dtype.newbyteorder("="), copy=False)  # no copy for u8/i8
+
+
+def write_idx(path: PathLike, array: np.ndarray, compress: bool = False) -> None:
+    """Write `array` as an IDX file (big-endian), gzip-compressed if `compress`."""
+    array = np.asarray(array)
+    code = _IDX_CODES.get(array.dtype.newbyteorder("="))
+    if code is None or not 1 <= array.ndim <= 255 or any(d >= 2**32 for d in array.shape):
+        raise VitError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as IDX "
+                       f"(dtypes {', '.join(str(d) for d in _IDX_CODES)}; 1..255 dims < 2**32)")
+    body = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body += np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
+    with atomic_write(path) as f:
+        f.write(gzip.compress(body, mtime=0) if compress else body)
+
+
+# ------------------------------------------------------------------------------------ CIFAR binary
+
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G and B planes (32x32 each, row-major)
+
+
+def read_cifar_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CIFAR-10 binary batch: images uint8 (N, 3, 32, 32) in RGB order, labels int64 (N,)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0 or size % _CIFAR_RECORD:
+        raise VitError(f"{path}: size {size} is not a positive multiple of the {_CIFAR_RECORD}-byte "
+                       "CIFAR-10 record; the file is truncated or not a CIFAR-10 binary batch")
+    records = np.fromfile(path, dtype=np.uint8)
+    if records.size != size:
+        raise VitError(f"{path}: file changed while reading ({records.size} of {size} bytes)")
+    records = records.reshape(-1, _CIFAR_RECORD)  # (N * 3073,) -> (N, 3073)
+    labels = records[:, 0].astype(np.int64)
+    bad = np.flatnonzero(labels >= 10)
+    if bad.size:
+        raise VitError(f"{path}: record {bad[0]} has label {labels[bad[0]]} (CIFAR-10 labels are 0..9)")
+    # a view would stride over the label bytes: copy once so callers get a compact array
+    images = np.ascontiguousarray(records[:, 1:]).reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32)
+    return images, labels
+
+
+def write_cifar_batch(path: PathLike, images_uint8_N3HW: np.ndarray, labels: np.ndarray) -> None:
+    """Write uint8 images (N, 3, 32, 32) and labels 0..9 (N,) as CIFAR-10 binary records."""
+    images, labels = np.asarray(images_uint8_N3HW), np.asarray(labels)
+    n = len(images)
+    if images.dtype != np.uint8 or images.shape != (n, 3, 32, 32) or labels.shape != (n,):
+        raise VitError(f"{path}: need uint8 images (N, 3, 32, 32) and labels (N,), got {images.dtype} "
+                       f"{images.shape} and {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= 10):
+        raise VitError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
+    records = np.empty((n, _CIFAR_RECORD), dtype=np.uint8)
+    records[:, 0] = labels
+    records[:, 1:] = images.reshape(n, -1)  # (N, 3, 32, 32) -> (N, 3072)
+    with atomic_write(path) as f:
+        f.write(records.tobytes())
+
+
+# -------------------------------------------------------------------------------------- safetensors
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+              "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+_ST_NAMES = {dt: name for name, dt in _ST_DTYPES.items()}
+_ST_MAX_HEADER = 100_000_000  # the official implementation's limit
+_ST_FIELDS = {"dtype", "shape", "data_offsets"}
+
+
+def _unique_object(pairs: list) -> dict:
+    """json object hook: Python's json silently keeps the last duplicate key; reject it instead."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise VitError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _is_uint(x: object) -> bool:
+    """A JSON non-negative integer (bool excluded: Python's True is an int)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _parse_safetensors_header(path: Path, raw: bytes, data_len: int) -> tuple[list, dict[str, str]]:
+    """Validate the JSON header against `data_len`; return [(start, end, name, dtype, shape)], metadata."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
+    except (ValueError, RecursionError) as e:  # also UnicodeDecodeError and our duplicate-key error
+        raise VitError(f"{path}: bad safetensors header JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise VitError(f"{path}: safetensors header is a JSON {type(obj).__name__}, not an object")
+    meta = obj.pop("__metadata__", None)
+    meta = {} if meta is None else meta  # the official reader treats null as absent
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise VitError(f"{path}: __metadata__ must map strings to strings")
+    entries = []
+    for name, info in obj.items():
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or info.keys() != _ST_FIELDS:
+            raise VitError(f"{where}: entry must have exactly dtype, shape, data_offsets: {str(info)[:200]}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+            raise VitError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(_ST_DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise VitError(f"{where}: shape must be a list of non-negative integers, got {str(shape)[:200]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise VitError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                           f"got {str(offsets)[:200]}")
+        start, end = offsets
+        if end > data_len:
+            raise VitError(f"{where}: data_offsets {offsets} run past the {data_len} data bytes "
+                           "(out-of-range offsets or truncated file)")
+        nbytes = 0 if 0 in shape else _ST_DTYPES[dtype].itemsize
+        for d in shape:
+            nbytes *= d
+            if nbytes > end - start:  # cannot match any more: stop before a hostile shape builds a huge int
+                need = f"more than {end - start}"
+                break
+        else:
+            need = str(nbytes)
+        if nbytes != end - start:
+            raise VitError(f"{where}: shape {str(shape)[:200]} of {dtype} needs {need} bytes, "
+                           f"data_offsets {offsets} give {end - start}")
+        entries.append((start, end, name, _ST_DTYPES[dtype], shape))
+    entries.sort()  # (start, end, name) is unique, so dtypes and shapes are never compared
+    pos = 0
+    for start, end, name, _, _ in entries:
+        if start != pos:
+            raise VitError(f"{path}: tensor {name!r} data_offsets begin at {start}, expected {pos} "
+                           f"({'overlapping' if start < pos else 'gap between'} tensors)")
+        pos = end
+    if pos != data_len:  # pos > data_len was ruled out per entry
+        raise VitError(f"{path}: trailing bytes: tensors cover {pos} data bytes, the file has {data_len}")
+    return entries, meta
+
+
+def read_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file (little-endian host) into CPU tensors and its `__metadata__`.
+
+    The header is validated in full before the data is read. The data is read once into one
+    uint8 buffer; tensors are views of it (disjoint, writable; together they keep it alive).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise VitError(f"{path}: truncated: {size} bytes, a safetensors file has at least 8")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > _ST_MAX_HEADER:
+            raise VitError(f"{path}: header length {n} exceeds the limit of {_ST_MAX_HEADER} bytes; "
+                           "not a safetensors file?")
+        if n > size - 8:
+            raise VitError(f"{path}: truncated: header length {n} exceeds the {size - 8} bytes after it")
+        entries, meta = _parse_safetensors_header(path, f.read(n), size - 8 - n)
+        data = torch.empty(size - 8 - n, dtype=torch.uint8)
+        if _fill(f, memoryview(data.numpy())) != data.numel() or f.read(1):
+            raise VitError(f"{path}: file changed size while reading")
+    tensors = {}
+    for start, end, name, dtype, shape in entries:
+        raw = data[start:end]
+        if start % dtype.itemsize:  # torch reinterprets only aligned bytes; other writers may misalign
+            raw = raw.clone()
+        if dtype is torch.bool and raw.gt(1).any():
+            raise VitError(f"{path}: tensor {name!r}: BOOL data holds bytes other than 0 and 1")
+        tensors[name] = raw.view(dtype).reshape(shape)  # (nbytes,) -> (nbytes / itemsize,) -> shape
+    return tensors, meta
+
+
+def write_safetensors(path: PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` as safetensors, laid out as the official writer does for one-dtype files.
+
+    Header: compact UTF-8 JSON, `__metadata__` first, then the names in sorted order, padded with
+    spaces to a multiple of 8. Data: contiguous CPU little-endian bytes ordered by element size
+    (largest first), then name, as the official writer does, so every tensor starts aligned to its
+    element size.
+    """
+    header: dict[str, object] = {}
+    if metadata is not None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise VitError(f"{path}: safetensors metadata must map strings to strings")
+        header["__metadata__"] = dict(metadata)
+    if not all(isinstance(k, str) and k != "__metadata__" for k in tensors):
+        raise VitError(f"{path}: tensor names must be strings other than '__metadata__'")
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or t.dtype not in _ST_NAMES:
+            raise VitError(f"{path}: tensor {name!r}: cannot store {getattr(t, 'dtype', type(t))} "
+                           f"(supported: {', '.join(str(d) for d in _ST_NAMES)})")
+    entries, blobs, offset = {}, [], 0
+    for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
+        t = tensors[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8)  # shape -> (numel,) -> (numel * itemsize,) bytes
+        entries[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + raw.numel()]}
+        offset += raw.numel()
+        blobs.append(raw)
+    header.update((name, entries[name]) for name in sorted(entries))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the official writer pads
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw.numpy())
