@@ -1,0 +1,455 @@
+"""Datasets: MNIST / Fashion-MNIST / CIFAR-10 as uint8 tensors, an in-memory batch iterator, image folders.
+
+Small datasets are loaded whole as uint8 tensors (N, C, H, W) and batched by `TensorLoader`, which
+gathers batches with one index op on tensors that already live on the training device (augmentation
+is then done per batch, see vit/augment.py). Image folders are decoded lazily, one item at a time in
+DataLoader workers, by `ImageFolderDataset`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vit.download import download as download_file
+from vit.download import extract_tar, md5_file
+from vit.formats import VitError, read_cifar_batch, read_idx
+
+TENSOR_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+@dataclass
+class TensorDataset:
+    """A whole dataset in memory: uint8 images (N, C, H, W), int64 labels (N,), per-channel mean/std on [0, 1]."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a dataset's archives come from: mirrors (tried in order) and the published md5 per file."""
+
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]
+
+    def urls(self, filename: str) -> list[str]:
+        return [mirror + filename for mirror in self.mirrors]
+
+
+# Published md5s of the official archives (the same values torchvision checks).
+_SOURCES = {
+    "mnist": _Source(
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        md5={
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": _Source(
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        md5={
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "cifar10": _Source(
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        md5={"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
+    ),
+}
+
+_IDX_FILES = {  # split -> (images file, labels file), names without .gz
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_CLASSES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+# Per-channel pixel statistics of the training sets on the [0, 1] scale (the commonly published values).
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+_CIFAR_DIR = "cifar-10-batches-bin"
+_CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
+_CIFAR_FILES = [*_CIFAR_TRAIN, "test_batch.bin", "batches.meta.txt"]
+_CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+
+
+def _missing_error(name: str, missing: list[tuple[Path, list[str]]], what_to_do: str) -> VitError:
+    """The --no-download error: each missing file's exact path and its official URLs, then what to do."""
+    lines = [f"  {path}\n    from {' or '.join(urls)}\n" for path, urls in missing]
+    return VitError(f"{name}: files missing and downloads are off:\n" + "".join(lines) + what_to_do)
+
+
+def _idx_path(folder: Path, filename: str) -> Path | None:
+    """The raw or gzipped copy of an IDX file in `folder`, if either exists."""
+    for path in (folder / filename, folder / f"{filename}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_checked_idx(path: Path, ndim: int) -> np.ndarray:
+    """read_idx plus the MNIST-family checks: uint8, `ndim` dims, 28x28 images."""
+    try:
+        array = read_idx(path)
+    except VitError as e:
+        raise VitError(f"{e} (delete the file to download it again)") from e
+    if array.dtype != np.uint8 or array.ndim != ndim or (ndim == 3 and array.shape[1:] != (28, 28)):
+        kind = "images (N, 28, 28)" if ndim == 3 else "labels (N,)"
+        raise VitError(f"{path}: expected uint8 {kind}, got {array.dtype} {array.shape}")
+    return array
+
+
+def _load_idx_dataset(name: str, folder: Path, download: bool) -> TensorDataset:
+    source = _SOURCES[name]
+    needed = [f for pair in _IDX_FILES.values() for f in pair]
+    missing = [f for f in needed if _idx_path(folder, f) is None]
+    if missing and not download:
+        raise _missing_error(name, [(folder / f"{f}.gz", source.urls(f"{f}.gz")) for f in missing],
+                             "place the files at the paths above (gzipped or not), or allow downloads")
+    for f in missing:
+        download_file(source.urls(f"{f}.gz"), folder / f"{f}.gz", source.md5[f"{f}.gz"])
+    tensors = {}
+    for split, (images_file, labels_file) in _IDX_FILES.items():
+        images_path, labels_path = _idx_path(folder, images_file), _idx_path(folder, labels_file)
+        images, labels = _read_checked_idx(images_path, 3), _read_checked_idx(labels_path, 1)
+        if len(images) != len(labels):
+            raise VitError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        if labels.size and labels.max() >= 10:
+            raise VitError(f"{labels_path}: label {labels.max()} out of range 0..9")
+        tensors[f"{split}_x"] = torch.from_numpy(images).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+        tensors[f"{split}_y"] = torch.from_numpy(labels).long()
+    mean, std = _STATS[name]
+    return TensorDataset(**tensors, classes=list(_IDX_CLASSES[name]), mean=mean, std=std)
+
+
+def _read_cifar_files(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate CIFAR-10 binary batches into uint8 (N, 3, 32, 32) and int64 (N,) tensors."""
+    parts = [read_cifar_batch(p) for p in paths]
+    if len(parts) == 1:
+        return torch.from_numpy(parts[0][0]), torch.from_numpy(parts[0][1])
+    return (torch.from_numpy(np.concatenate([x for x, _ in parts])),
+            torch.from_numpy(np.concatenate([y for _, y in parts])))
+
+
+def _load_cifar10(folder: Path, download: bool) -> TensorDataset:
+    source = _SOURCES["cifar10"]
+    batches = folder / _CIFAR_DIR
+    missing = [batches / f for f in _CIFAR_FILES if not (batches / f).is_file()]
+    if missing:
+        archive = folder / _CIFAR_ARCHIVE
+        if not archive.is_file():
+            if not download:
+                raise _missing_error("cifar10", [(archive, source.urls(_CIFAR_ARCHIVE))],
+                                     f"place {_CIFAR_ARCHIVE} (md5 {source.md5[_CIFAR_ARCHIVE]}) at the path above, "
+                                     f"or its extracted files at:\n" + "".join(f"  {p}\n" for p in missing)
+                                     + "or allow downloads")
+            download_file(source.urls(_CIFAR_ARCHIVE), archive, source.md5[_CIFAR_ARCHIVE])
+        elif md5_file(archive) != source.md5[_CIFAR_ARCHIVE]:
+            # A hand-placed archive gets the same check as a downloaded one.
+            raise VitError(f"{archive}: md5 is not {source.md5[_CIFAR_ARCHIVE]}; delete it to download it again")
+        extract_tar(archive, folder, [f"{_CIFAR_DIR}/{f}" for f in _CIFAR_FILES])
+    train_x, train_y = _read_cifar_files([batches / f for f in _CIFAR_TRAIN])
+    test_x, test_y = _read_cifar_files([batches / "test_batch.bin"])
+    meta = batches / "batches.meta.txt"
+    try:
+        classes = [line.strip() for line in meta.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError as e:
+        raise VitError(f"{meta}: cannot read ({e})") from e
+    if len(classes) != 10:
+        raise VitError(f"{meta}: expected 10 class names, one a line, found {len(classes)}")
+    mean, std = _STATS["cifar10"]
+    return TensorDataset(train_x, train_y, test_x, test_y, classes, mean, std)
+
+
+def load_tensor_dataset(name: str, data_dir: str | Path, download: bool = True) -> TensorDataset:
+    """Load MNIST, Fashion-MNIST or CIFAR-10 from `data_dir/<name>/` as uint8 (N, C, H, W) tensors.
+
+    Files already present are validated by format and never fetched again. Missing files are
+    downloaded (md5-checked) unless `download` is False, in which case the VitError lists the exact
+    paths that are missing and the URLs to fetch them from.
+    """
+    if name not in TENSOR_DATASETS:
+        raise VitError(f"unknown dataset {name!r}; expected one of {', '.join(TENSOR_DATASETS)}")
+    folder = Path(data_dir) / name
+    if name == "cifar10":
+        return _load_cifar10(folder, download)
+    return _load_idx_dataset(name, folder, download)
+
+
+class TensorLoader:
+    """Iterate (x, y) batches of in-memory tensors with one gather per batch, no per-sample Python.
+
+    The order is a pure function of (seed, epoch): the permutation is drawn on the CPU (so it is the
+    same whatever the data's device) and moved to the data's device. With world_size > 1, rank r
+    takes the disjoint shard perm[r::world_size]; the shards cover every sample exactly once (no
+    padding duplicates). With drop_last every rank yields the same number of full batches,
+    (N // world_size) // batch_size, so DDP ranks stay in step; without it a rank may have one batch
+    more than another.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool,
+                 drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation for `epoch` (call before iterating, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def _shard_size(self) -> int:
+        n = len(self.x)
+        if self.drop_last:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        size = self._shard_size()
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        if self.shuffle:
+            # Low 32 bits only matter to torch's CPU generator; this mix stays below 2**32 for seed < 4294.
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 32))
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        order = order[self.rank::self.world_size][:self._shard_size()].to(self.x.device)
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.x[index], self.y[index.to(self.y.device)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def find_classes(root: str | Path) -> list[str]:
+    """Class names = the non-hidden sub-folders of `root`, sorted lexicographically (by code point).
+
+    Lexicographic, not natural, order: it is what torchvision's ImageFolder and timm use, so class
+    index i here is class index i for a model trained or evaluated with those tools ("10" sorts
+    before "2", as there).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise VitError(f"{root}: not a folder; expected root/<class>/<images>")
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise VitError(f"{root}: no class folders; expected root/<class>/<images>")
+    return classes
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted; hidden entries, non-images and special files skipped.
+
+    Symlinked folders are not followed (no loops, nothing outside the tree); only regular files
+    (or links to them) count, so a fifo named x.jpg cannot hang a worker.
+    """
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
+                    found.append(Path(e.path))
+    return sorted(found)
+
+
+def _class_files(root: Path, name: str) -> list[Path]:
+    """The sorted image files of class folder root/name; an empty class is a VitError."""
+    files = _image_files(root / name)
+    if not files:
+        raise VitError(f"{root / name}: class folder has no images ({' '.join(IMG_EXTENSIONS)})")
+    return files
+
+
+def _scan(root: Path, classes: list[str], labels: dict[str, int]) -> list[tuple[Path, int]]:
+    """(path, label) for every image of each class in `classes`."""
+    return [(path, labels[name]) for name in classes for path in _class_files(root, name)]
+
+
+def _stratified_split(per_class: list[list[Path]], val_fraction: float, seed: int
+                      ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Seeded split of each class: round(k * val_fraction) images to val, at least 1 when k >= 2."""
+    train, val = [], []
+    g = torch.Generator().manual_seed(seed)
+    for label, files in enumerate(per_class):
+        k = len(files)
+        n_val = round(k * val_fraction)
+        if val_fraction > 0 and k >= 2:
+            n_val = min(max(n_val, 1), k - 1)  # every class in both splits
+        elif k < 2:
+            n_val = 0
+        picked = set(torch.randperm(k, generator=g)[:n_val].tolist())
+        val += [(f, label) for i, f in enumerate(files) if i in picked]
+        train += [(f, label) for i, f in enumerate(files) if i not in picked]
+    return train, val
+
+
+def folder_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0
+                  ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """Train samples, val samples and class names of an image folder.
+
+    If root/train exists, its classes define the labels and root/val (else root/test) is the
+    validation set (a val class missing from train is a VitError); with neither, root/train is split
+    as below. Otherwise root/<class>/... is split per class with a seeded stratified split:
+    round(k * val_fraction) images of a class with k images go to val, at least one when k >= 2.
+    """
+    root = Path(root)
+    if not 0 <= val_fraction < 1:
+        raise VitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    train_dir = root / "train"
+    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if train_dir.is_dir() and val_dir is not None:
+        classes = find_classes(train_dir)
+        labels = {c: i for i, c in enumerate(classes)}
+        val_classes = find_classes(val_dir)
+        unknown = [c for c in val_classes if c not in labels]
+        if unknown:
+            raise VitError(f"{val_dir}: classes {unknown} are not in {train_dir}")
+        return _scan(train_dir, classes, labels), _scan(val_dir, val_classes, labels), classes
+    if train_dir.is_dir():
+        root = train_dir  # train/ without val/ or test/: split it
+    classes = find_classes(root)
+    train, val = _stratified_split([_class_files(root, c) for c in classes], val_fraction, seed)
+    return train, val, classes
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Decode `img` and convert any mode to 8-bit RGB."""
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palette transparency is only applied correctly through RGBA
+    elif img.mode.startswith("I"):
+        # Integer grayscale (16-bit PNG/TIFF decode to I;16 or I): Pillow's convert clips at 255,
+        # so scale the 16-bit range 0..65535 to 0..255 instead.
+        pixels = np.asarray(img).astype(np.float32) / 257.0
+        img = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed per (seed, epoch, index), distinct for every index of one epoch.
+
+    32 bits because torch's CPU generator ignores the higher bits of a seed. The (seed, epoch) part
+    is spread by Knuth's multiplicative constant; adding the index keeps seeds within an epoch distinct.
+    """
+    return ((seed * 1_000_003 + epoch) * 2_654_435_761 + index) % (1 << 32)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Decode (path, label) samples lazily: PIL -> RGB -> transform(img, generator).
+
+    The transform's generator is seeded from (seed, epoch, index) alone, so an item's augmentation
+    does not depend on worker count or order. JPEGs at least twice the transform's `size` on their
+    shorter side are decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), keeping the
+    shorter side >= size: much faster for large photos, at the cost of detail in small random crops.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]],
+                 transform: Callable[[Image.Image, torch.Generator], torch.Tensor], seed: int = 0) -> None:
+        self.samples, self.transform, self.seed = samples, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draws for the next pass (workers see it when they are re-created)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: Path) -> Image.Image:
+        size = getattr(self.transform, "size", None)
+        size = size if isinstance(size, int) else 0  # only a plain int size enables draft decoding
+        try:
+            with Image.open(path) as img:
+                if img.format == "JPEG" and size and min(img.size) >= 2 * size:
+                    img.draft("RGB", (size, size))
+                img.load()  # decode now, while the file is open
+                return _to_rgb(img)
+        except Exception as e:
+            # Pillow raises many types on bad input (OSError, SyntaxError, struct.error,
+            # DecompressionBombError...); for the user they all mean "this file is not a usable image".
+            raise VitError(f"{path}: cannot decode image ({type(e).__name__}: {e}); remove or replace the file") from e
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        img = self._load(path)
+        g = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch, i))
+        return self.transform(img, g), label
+
+
+class _IndexBatches:
+    """A DataLoader batch_sampler view of a TensorLoader over sample indices."""
+
+    def __init__(self, indices: TensorLoader) -> None:
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (batch.tolist() for batch, _ in self.indices)
+
+
+class FolderLoader:
+    """Batches (x, y) of an ImageFolderDataset, decoded in DataLoader workers.
+
+    The order (and each rank's shard) is TensorLoader's, drawn over the sample indices, so it is a
+    pure function of (seed, epoch) like the in-memory datasets; the augmentation is seeded per item
+    by the dataset. Workers are re-created every epoch, so they see set_epoch.
+    """
+
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        index = torch.arange(len(dataset))
+        self.dataset = dataset
+        self.indices = TensorLoader(index, index, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                                    rank=rank, world_size=world_size)
+        self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=_IndexBatches(self.indices),
+                                                  num_workers=workers, pin_memory=pin_memory)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+        self.indices.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)
