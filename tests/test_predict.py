@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit.augment import eval_transform
+from vit.model import ViTConfig, VisionTransformer
+from vit.predict import main
+from vit.weights import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"
+
+
+def biased_checkpoint(path: Path, favourite: int = 2, **kw) -> Path:
+    """A tiny model whose head ignores the image and strongly prefers class `favourite`."""
+    cfg = ViTConfig(**{**dict(img_size=32, patch_size=8, num_classes=4, embed_dim=32, depth=1, num_heads=2), **kw})
+    model = VisionTransformer(cfg)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.arange(4.0) == favourite).mul_(10.0)  # p = e^10 / (e^10 + 3) = 99.99%
+    meta = {"classes": json.dumps(["ant", "bee", "cat", "dog"])}
+    if cfg.in_chans == 1:
+        meta.update(mean="[0.1307]", std="[0.3081]")
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def write_png(path: Path, size: tuple[int, int] = (50, 40), mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(0)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+def test_command_line_prints_the_favoured_class(tmp_path):
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    png = write_png(tmp_path / "photo.png")
+    run = subprocess.run([sys.executable, "-m", "vit.predict", "--checkpoint", str(ckpt), str(png), "--top-k", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"{png}:" and len(lines) == 3
+    assert lines[1].split() == ["99.99%", "cat"]
+    assert lines[2].split()[1] in {"ant", "bee", "dog"}
+    assert "ours layout" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_command_line_missing_image_is_a_message_not_a_traceback(tmp_path):
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    missing = tmp_path / "nope.jpg"
+    run = subprocess.run([sys.executable, "-m", "vit.predict", "--checkpoint", str(ckpt), str(missing)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 1 and run.stdout == ""
+    assert f"{missing}: no such image file" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_several_images_gray_model_and_top_k_capped(tmp_path, capsys):
+    ckpt = biased_checkpoint(tmp_path / "gray.safetensors", favourite=0, in_chans=1, img_size=28, patch_size=7)
+    pngs = [str(write_png(tmp_path / "a.png", mode="L")), str(write_png(tmp_path / "b.png", (20, 64)))]
+    assert main(["--checkpoint", str(ckpt), *pngs, "--top-k", "9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{pngs[0]}:" and out[5] == f"{pngs[1]}:" and len(out) == 10  # 4 classes each
+    assert out[1].split() == ["99.99%", "ant"] and out[6].split() == ["99.99%", "ant"]
+
+
+def test_bad_inputs_exit_1_with_the_reason(tmp_path, capsys):
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    png = str(write_png(tmp_path / "photo.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x01\x00")
+    for argv, message in [
+        (["--checkpoint", str(tmp_path / "bad.safetensors"), png], "truncated"),
+        (["--checkpoint", str(tmp_path / "absent.safetensors"), png], "No such file"),
+        (["--checkpoint", str(ckpt), str(tmp_path / "broken.png")], "broken.png: cannot read the image"),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], err
+
+
+@pytest.mark.parametrize("argv", [["--top-k", "0"], ["--img-size", "x"], []])
+def test_bad_flags_are_argparse_errors(tmp_path, argv):
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", "x.safetensors", *argv, *(["a.png"] if argv else [])])
+    assert e.value.code == 2
+
+
+def test_timm_fixture_gives_the_models_own_top_classes(tmp_path, capsys):
+    if not TIMM.is_file():
+        pytest.skip(f"../shared not found: no timm fixture at {TIMM}")
+    png = write_png(tmp_path / "photo.png", (300, 240))
+    assert main(["--checkpoint", str(TIMM), str(png), "--top-k", "3", "--img-size", "256"]) == 0
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    model, _ = load_checkpoint(TIMM, img_size=256)
+    x = eval_transform(256, [0.5] * 3, [0.5] * 3, crop_pct=0.9)(Image.open(png), torch.Generator())
+    with torch.no_grad():
+        probs = model.eval()(x[None]).softmax(-1)[0]  # (3, H, W) -> (1, 3, H, W) -> (10,)
+    p, i = probs.topk(3)
+    assert [row[1:] for row in printed] == [["class", str(c)] for c in i.tolist()]
+    assert [row[0] for row in printed] == [f"{100 * v:6.2f}%".strip() for v in p.tolist()]

@@ -1,0 +1,110 @@
+"""Classify images with any checkpoint (ours, timm or Hugging Face) and print the top-k classes.
+
+    python -m vit.predict --checkpoint run/best.safetensors img1.jpg [img2.jpg ...] [--top-k 5] [--img-size N]
+
+Preprocessing is timm's evaluation transform for these weights: resize the shorter side to
+img_size / 0.9 (bicubic), centre crop img_size, normalise with mean = std = 0.5 per channel (our own
+checkpoints: the 'mean'/'std' saved in their metadata, if any). Class names come from the checkpoint
+(our 'classes' metadata, a Hugging Face config.json's id2label), else "class N".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vit.augment import eval_transform
+from vit.formats import VitError
+from vit.weights import describe, load_checkpoint
+
+CROP_PCT = 0.9  # timm's default eval crop for vit_base_patch16_224
+BATCH = 16  # images per forward pass
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vit.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="safetensors file: ours, timm or Hugging Face layout")
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default 5)")
+    p.add_argument("--img-size", type=positive_int, default=None,
+                   help="input size; default the checkpoint's (pos_embed resampled when it differs)")
+    return p.parse_args(argv)
+
+
+def open_image(path: str) -> Image.Image:
+    """Decode an image file fully, so that a corrupt file fails here, with its name."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (OSError, Image.DecompressionBombError) as e:  # missing, unreadable or not an image
+        raise VitError(f"{path}: cannot read the image: {e}") from None
+
+
+def normalisation(layout: str, metadata: dict[str, str], channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: saved in our checkpoints' metadata, else timm's 0.5 for ViT weights."""
+    stats = []
+    for key in ("mean", "std"):
+        value = [0.5] * channels
+        if layout == "ours" and key in metadata:
+            try:
+                value = [float(v) for v in json.loads(metadata[key])]
+            except (ValueError, TypeError):
+                raise VitError(f"checkpoint metadata {key!r} is not a JSON list of numbers: "
+                               f"{metadata[key][:100]}") from None
+            if len(value) != channels:
+                raise VitError(f"checkpoint metadata {key!r} has {len(value)} values for {channels} channels")
+        stats.append(value)
+    return stats[0], stats[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        for path in args.images:  # catch a mistyped name before the (slower) model load
+            if not Path(path).is_file():
+                raise VitError(f"{path}: no such image file")
+        model, info = load_checkpoint(args.checkpoint, img_size=args.img_size)
+        cfg = model.cfg
+        if cfg.num_classes == 0:
+            raise VitError(f"{args.checkpoint}: the checkpoint has no classification head")
+        mean, std = normalisation(info["layout"], info["metadata"], cfg.in_chans)
+        print(f"{args.checkpoint} ({info['layout']} layout): {describe(cfg)}", file=sys.stderr)
+        names = info["classes"] or [f"class {i}" for i in range(cfg.num_classes)]
+        transform = eval_transform(cfg.img_size, mean, std, crop_pct=CROP_PCT, interpolation=Image.BICUBIC)
+        generator = torch.Generator()  # the eval transform is deterministic; its signature wants one
+        # a gray model gets the luminance: "L" -> RGB copies it into 3 equal planes, of which we keep one
+        mode = "L" if cfg.in_chans == 1 else "RGB"
+        k = min(args.top_k, cfg.num_classes)
+        model.eval()
+        for start in range(0, len(args.images), BATCH):
+            paths = args.images[start:start + BATCH]
+            x = torch.stack([transform(open_image(p).convert(mode), generator)[:cfg.in_chans]
+                             for p in paths])  # B x (C, H, W) -> (B, C, H, W)
+            with torch.no_grad():
+                probs = model(x).softmax(dim=-1)  # (B, num_classes)
+            top_p, top_i = probs.topk(k, dim=-1)  # (B, k) each
+            for path, ps, idx in zip(paths, top_p.tolist(), top_i.tolist()):
+                print(f"{path}:")
+                for p, i in zip(ps, idx):
+                    print(f"  {100 * p:6.2f}%  {names[i]}")
+    except (VitError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
