@@ -20,7 +20,8 @@ from vit.download import download as download_file
 from vit.download import extract_tar, md5_file
 from vit.formats import VitError, read_cifar_batch, read_idx
 
-TENSOR_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+# name -> (channels, image side) of the datasets held in memory as tensors
+TENSOR_DATASETS = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
 
 
 @dataclass

@@ -1,0 +1,194 @@
+"""train.py and vit.engine end to end on tiny synthetic datasets the tests write themselves."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit import engine
+from vit.formats import read_safetensors, write_cifar_batch, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402  (a script at the repository root)
+
+TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
+
+
+def write_mnist(root: Path, n_train: int = 96, n_test: int = 64) -> Path:
+    """MNIST-format files whose class is readable from the image: a bright bar at row 2 * label."""
+    rng = np.random.default_rng(0)
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = rng.integers(0, 30, (n, 28, 28), dtype=np.uint8)
+        images[np.arange(n), 2 * labels + 4] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress=False)
+    return root
+
+
+def write_cifar(root: Path, n: int = 20) -> Path:
+    folder = root / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        write_cifar_batch(folder / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 10)
+    names = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    (folder / "batches.meta.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def write_folder(root: Path, per_class: int = 8) -> Path:
+    for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (20 + i, 18), colour).save(d / f"{i}.png")
+    return root
+
+
+def run(args: list[str]) -> dict:
+    return train.main(args + TINY)
+
+
+def test_mnist_end_to_end_writes_every_output(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--output", str(out)])
+    names = {p.name for p in out.iterdir()}
+    assert names == {"args.json", "metrics.csv", "last.safetensors", "best.safetensors", "state.pt", "results.json",
+                     "curves.png", "confusion.png"}
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 3
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test_acc"] == results["test_acc"] and saved["test_images"] == 64
+    assert set(saved["per_class_acc"]) == {str(i) for i in range(10)}
+    assert np.array(saved["confusion"]).sum() == 64
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    tensors, meta = read_safetensors(out / "last.safetensors")
+    assert json.loads(meta["config"])["in_chans"] == 1 and json.loads(meta["classes"])[3] == "3"
+    assert "pos_embed" not in tensors  # the sin table is rebuilt from the config, never stored
+
+
+def test_cifar_binary_and_image_folder_run(tmp_path):
+    data = write_cifar(tmp_path / "data")
+    results = run(["--data", "cifar10", "--data-dir", str(data), "--no-download", "--epochs", "1",
+                   "--output", str(tmp_path / "c")])
+    assert results["test_images"] == 20 and results["classes"][0] == "airplane"
+    folder = write_folder(tmp_path / "folder")
+    results = run(["--data", str(folder), "--img-size", "16", "--patch-size", "4", "--epochs", "1",
+                   "--val-fraction", "0.25", "--output", str(tmp_path / "f")])
+    assert results["classes"] == ["class_0", "class_1"] and results["test_images"] == 4
+
+
+def test_learns_the_synthetic_task(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=640, n_test=100)
+    results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "20", "--aug", "none",
+                   "--lr", "3e-3", "--output", str(tmp_path / "run")])
+    assert results["test_acc"] >= 0.9
+
+
+def test_resume_after_an_interruption_equals_a_straight_run(tmp_path, monkeypatch):
+    data = write_mnist(tmp_path / "data")
+    common = ["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--drop-path", "0.1"]
+    run(common + ["--output", str(tmp_path / "straight")])
+
+    real_epoch, calls = engine.train_epoch, []
+
+    def crash_in_second_epoch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the process died after epoch 1's checkpoint
+        return real_epoch(*a, **kw)
+
+    monkeypatch.setattr(engine, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(common + ["--output", str(tmp_path / "resumed")])
+    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["epoch"] == 1
+    run(common + ["--output", str(tmp_path / "resumed"), "--resume", "auto"])
+    a, _ = read_safetensors(tmp_path / "straight" / "last.safetensors")
+    b, _ = read_safetensors(tmp_path / "resumed" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3
+
+
+def test_eval_only_reproduces_the_stored_accuracy(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1", "--output", str(out)])
+    capsys.readouterr()
+    again = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--eval-only", "--resume", str(out)])
+    assert again["acc"] == results["test_acc"]
+    assert f"test accuracy {100 * results['test_acc']:.2f}%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--data", "imagenet"], "neither one of mnist, fashion-mnist, cifar10 nor a folder"),
+    (["--data", "mnist", "--patch-size", "5"], "img_size 28 is not a multiple of patch_size 5"),
+    (["--data", "mnist", "--aug", "rrc"], "--aug 'rrc' is not available for mnist data"),
+    (["--data", "mnist", "--img-size", "32"], "--img-size applies to image folders only"),
+    (["--data", "mnist", "--epochs", "0"], "--epochs must be >= 1"),
+    (["--data", "mnist", "--batch-size", "30", "--accum-steps", "4"], "must be divisible by --accum-steps"),
+    (["--data", "mnist", "--eval-only"], "--eval-only needs --resume"),
+])
+def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--data-dir", str(tmp_path), "--no-download"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_without_download_is_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", "mnist", "--data-dir", str(tmp_path),
+                             "--no-download"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "mnist" / "train-images-idx3-ubyte") in result.stderr
+
+
+def test_divergence_stops_with_a_message(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    with pytest.raises(SystemExit) as e:
+        engine.cli(lambda: run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1",
+                                "--lr", "1e30", "--output", str(tmp_path / "run")]))
+    assert e.value.code == 1
+    assert "training diverged: loss is nan" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_match_a_single_process_evaluation(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=128, n_test=67)  # odd test count: no padding duplicates
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), "--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1",
+           "--output", str(out)] + TINY
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("final test accuracy") == 1  # only rank 0 prints
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["processes"] == 2 and saved["test_images"] == 67
+    single = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--eval-only", "--resume", str(out)])
+    assert single["count"] == 67 and single["acc"] == saved["test_acc"]
+
+
+@pytest.mark.slow
+def test_headline_command_one_epoch_on_real_mnist(tmp_path):
+    if not (SHARED / "data" / "mnist").is_dir():
+        pytest.skip(f"../shared not found: real MNIST expected in {SHARED / 'data' / 'mnist'}")
+    results = train.main(["--data", "mnist", "--patch", "manual", "--pos", "sin", "--data-dir", str(SHARED / "data"),
+                          "--no-download", "--epochs", "1", "--output", str(tmp_path / "run")])
+    assert results["test_acc"] >= 0.95

@@ -1,0 +1,537 @@
+"""The training loop that train.py and finetune.py share.
+
+`fit()` runs epochs of AdamW/SGD with warmup + cosine by step, label smoothing or mixup/cutmix soft
+targets, gradient clipping and accumulation, bf16 autocast and DDP; it evaluates every epoch, writes
+checkpoints, metrics and plots, and resumes exactly. Everything random in an epoch is seeded from
+(seed, epoch, rank), so resuming after epoch k replays epochs k+1... bit for bit on the CPU.
+
+Files in the output folder (each written to a temporary name and renamed):
+  args.json         the command line and every option
+  state.pt          resume state: model, optimizer, epoch, step, metric history (tensors and plain
+                    containers only: loads with torch.load(weights_only=True))
+  last.safetensors  the model after the last epoch; best.safetensors: the best validation accuracy
+  metrics.csv       one row per epoch; curves.png: loss and accuracy per epoch
+  results.json      final test accuracy, per-class accuracy, confusion matrix, parameters, time, img/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import PIL
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from PIL import Image
+
+from . import plot
+from .augment import batch_augment, eval_transform, mixup_cutmix, normalize, train_transform
+from .data import FolderLoader, ImageFolderDataset, TensorLoader, folder_splits, load_tensor_dataset
+from .formats import VitError, atomic_write
+from .model import VisionTransformer, param_groups
+from .weights import save_checkpoint
+
+STATE_FILE = "state.pt"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command-line options shared by train.py and finetune.py
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Adds the optimisation, system and output options; defaults of None are filled per recipe."""
+    o = parser.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, help="training epochs")
+    o.add_argument("--batch-size", type=int, help="images per optimizer step, over all processes")
+    o.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer (sgd: momentum 0.9)")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--min-lr", type=float, default=1e-6, help="learning rate at the end of the cosine")
+    o.add_argument("--warmup-epochs", type=float, help="linear warmup from 0, in epochs")
+    o.add_argument("--weight-decay", type=float, help="decoupled weight decay (not on biases, norms, embeddings)")
+    o.add_argument("--smoothing", type=float, help="label smoothing")
+    o.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this")
+    o.add_argument("--accum-steps", type=int, default=1, help="split each batch into this many micro-batches")
+    o.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    o.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
+    o.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    s = parser.add_argument_group("system")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off for CPU/MPS)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers (folders)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--seed", type=int, default=0)
+    w = parser.add_argument_group("output")
+    w.add_argument("--output", type=Path, help="output folder (default: runs/<name>-<timestamp>)")
+    w.add_argument("--resume", help="'auto' (newest run of this name), a run folder or its state.pt")
+    w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
+    w.add_argument("--save-every", type=int, default=1, help="write the resume state every N epochs")
+
+
+def fill_defaults(args: argparse.Namespace, recipe: dict) -> None:
+    """Sets every option the user left at None from `recipe` (the dataset's tuned defaults)."""
+    for key, value in recipe.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world_size: int) -> None:
+    """Refuses invalid combinations with an argparse error (exit 2)."""
+    for name in ("epochs", "batch_size", "accum_steps", "save_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr <= 0:
+        parser.error("--lr must be > 0")
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error("--smoothing must be in [0, 1)")
+    if args.batch_size % (args.accum_steps * world_size):
+        parser.error(f"--batch-size {args.batch_size} must be divisible by --accum-steps x processes "
+                     f"({args.accum_steps} x {world_size})")
+    if args.eval_only and not args.resume:
+        parser.error("--eval-only needs --resume PATH (or auto)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices and processes
+
+
+@dataclass
+class Runtime:
+    """Where the run executes: device, autocast, and this process's place in a DDP job."""
+    device: torch.device
+    amp: bool
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sums `t` over processes (exact for counts and sums; identity in a single process)."""
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t
+
+
+def setup_runtime(args: argparse.Namespace) -> Runtime:
+    """Picks the device, starts DDP when launched by torchrun, and sets threads and autocast."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # model init; each epoch reseeds from (seed, epoch, rank)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VitError("--device cuda: no CUDA device is available")
+    device = torch.device(name)
+    if name == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1:
+        dist.init_process_group("nccl" if name == "cuda" else "gloo")
+    # bf16 pays on GPUs; on CPUs only with native bf16 units (AVX-512 BF16 / AMX), absent on many.
+    amp = (name == "cuda") if args.amp is None else args.amp
+    return Runtime(device, amp, rank, world_size)
+
+
+def shutdown(rt: Runtime) -> None:
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    groups = param_groups(model, args.weight_decay, getattr(args, "layer_decay", 1.0))
+    if args.opt == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999))
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
+    """Linear warmup from 0 to `base` over `warmup` steps, then cosine from `base` to `minimum`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy against class indices (B,) with label smoothing, or soft targets (B, K)."""
+    if target.ndim == 2:
+        return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for everything random in one epoch of one process (dropout, drop-path, augmentation)."""
+    # 32 bits: torch's CPU generator ignores higher seed bits. Knuth's multiplier spreads (seed, epoch).
+    return ((seed * 1_000_003 + epoch) * 2_654_435_761 + rank * 104_729) % (1 << 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """Per-epoch progress on stderr: a redrawn bar on a terminal, a plain line every 30 s otherwise."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.tty = sys.stderr.isatty()
+        self.interval = 0.5 if self.tty else 30.0
+        self.start = self.last = time.perf_counter()
+
+    def due(self, done: int) -> bool:
+        return self.enabled and (done == self.total or time.perf_counter() - self.last >= self.interval)
+
+    def show(self, done: int, images: int, loss: float) -> None:
+        now = time.perf_counter()
+        self.last = now
+        rate = images / max(now - self.start, 1e-9)
+        eta = (now - self.start) / done * (self.total - done)
+        text = f"{self.desc} {done}/{self.total} loss {loss:.4f} {rate:.0f} img/s ETA {eta:.0f}s"
+        if self.tty:
+            bar = "#" * int(20 * done / self.total)
+            print(f"\r{text} [{bar:<20}]", end="\n" if done == self.total else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# One epoch
+
+
+@dataclass
+class Data:
+    """What fit() needs from a dataset. Loaders yield (x, y) and have set_epoch(epoch) and len().
+
+    prepare_train(x, y, generator) -> (inputs, targets) turns a raw batch into model inputs and
+    class indices (B,) or soft targets (B, K): uint8 -> float, augmentation, normalisation, mixup.
+    prepare_eval(x) -> inputs does the same without randomness.
+    """
+    train: Iterable
+    val: Iterable
+    prepare_train: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    prepare_eval: Callable[[torch.Tensor], torch.Tensor]
+    classes: list[str]
+    mean: list[float]  # normalisation of the inputs, saved in checkpoints for vit.predict
+    std: list[float]
+    val_name: str = "val"
+
+
+def _mixer(args: argparse.Namespace, num_classes: int) -> Callable:
+    """(x, y, generator) -> (x, targets): mixup/cutmix soft targets when enabled, else labels as they are."""
+    if args.mixup <= 0 and args.cutmix <= 0:
+        return lambda x, y, g: (x, y)
+    return lambda x, y, g: mixup_cutmix(x, y, num_classes, g, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                                        smoothing=args.smoothing)
+
+
+def tensor_data(args: argparse.Namespace, rt: Runtime, name: str) -> Data:
+    """MNIST / Fashion-MNIST / CIFAR-10 as uint8 tensors on the training device, augmented per batch
+    (the airbench way). Evaluates on the official test set."""
+    ds = load_tensor_dataset(name, args.data_dir, download=not args.no_download)
+    dev = rt.device
+    per_process = args.batch_size // rt.world_size
+    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), per_process, shuffle=True, drop_last=True,
+                         seed=args.seed, rank=rt.rank, world_size=rt.world_size)
+    test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), max(per_process, 512), shuffle=False, drop_last=False,
+                        rank=rt.rank, world_size=rt.world_size)
+    augment, mix = batch_augment(args.aug), _mixer(args, len(ds.classes))
+
+    def prepare_train(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = augment(x.float() / 255, g)  # on [0, 1], so padding and fill are black
+        return mix(normalize(x, ds.mean, ds.std), y, g)
+
+    return Data(train, test, prepare_train, lambda x: normalize(x, ds.mean, ds.std), ds.classes, list(ds.mean),
+                list(ds.std), "test")
+
+
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def folder_data(args: argparse.Namespace, rt: Runtime, root: Path, img_size: int, interpolation: str,
+                mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, jitter: float = 0.0) -> Data:
+    """An image folder, decoded per item in DataLoader workers: random-resized-crop + flip for
+    training (or eval-style resizing with --aug none), resize + centre crop for validation."""
+    train_samples, val_samples, classes = folder_splits(root, args.val_fraction, args.seed)
+    interp = INTERPOLATIONS[interpolation]
+    eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
+    train_tf = eval_tf if args.aug == "none" else train_transform(img_size, mean, std, jitter, interpolation=interp)
+    per_process = args.batch_size // rt.world_size
+    common = dict(workers=args.workers, rank=rt.rank, world_size=rt.world_size, pin_memory=rt.device.type == "cuda")
+    train = FolderLoader(ImageFolderDataset(train_samples, train_tf, seed=args.seed), per_process, shuffle=True,
+                         drop_last=len(train_samples) >= per_process * rt.world_size, seed=args.seed, **common)
+    val = FolderLoader(ImageFolderDataset(val_samples, eval_tf), per_process, shuffle=False, drop_last=False, **common)
+    return Data(train, val, _mixer(args, len(classes)), lambda x: x, classes, list(mean), list(std), "val")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, args: argparse.Namespace,
+                rt: Runtime, epoch: int, step: int, total_steps: int, warmup_steps: int) -> tuple[dict, int]:
+    """One pass over the training data; returns (metrics summed over processes, next step)."""
+    model.train()
+    generator = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, rt.rank))
+    torch.manual_seed(epoch_seed(args.seed, epoch, rt.rank))  # dropout and drop-path draw from here
+    data.train.set_epoch(epoch)
+    sums = torch.zeros(3, device=rt.device)  # loss * n, correct, n
+    progress = Progress(len(data.train), f"epoch {epoch + 1}", rt.main)
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(data.train):
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        inputs, targets = data.prepare_train(x, y, generator)
+        lr = lr_at(step, total_steps, warmup_steps, args.lr, args.min_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        for micro, (xm, tm) in enumerate(zip(inputs.chunk(args.accum_steps), targets.chunk(args.accum_steps))):
+            last = micro == args.accum_steps - 1
+            sync = nullcontext() if last or not isinstance(model, nn.parallel.DistributedDataParallel) \
+                else model.no_sync()
+            with sync:
+                with rt.autocast():
+                    logits = model(xm)
+                loss = soft_cross_entropy(logits, tm, args.smoothing)
+                (loss * len(xm) / len(inputs)).backward()
+            labels = tm.argmax(-1) if tm.ndim == 2 else tm
+            sums += torch.stack([loss.detach() * len(xm), (logits.argmax(-1) == labels).sum(), torch.tensor(
+                len(xm), device=rt.device)]).float()
+        if args.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if progress.due(i + 1):
+            mean_loss = (sums[0] / sums[2]).item()
+            if not math.isfinite(mean_loss):
+                raise Diverged(f"loss is {mean_loss} in epoch {epoch + 1}, step {i + 1}")
+            progress.show(i + 1, int(sums[2].item()) * rt.world_size, mean_loss)
+    seconds = time.perf_counter() - start
+    sums = rt.all_reduce(sums).tolist()
+    if not math.isfinite(sums[0]):
+        raise Diverged(f"loss is {sums[0] / sums[2]} at the end of epoch {epoch + 1}")
+    return {"train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2], "seconds": seconds,
+            "img_per_s": sums[2] / seconds, "lr": lr}, step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, prepare: Callable, num_classes: int, rt: Runtime) -> dict:
+    """Loss, accuracy and confusion matrix (rows = true class) over the loader, exact over processes."""
+    model.eval()
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    confusion = torch.zeros(num_classes * num_classes, device=rt.device, dtype=torch.float64)
+    for x, y in loader:
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(prepare(x))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        confusion += torch.bincount(y * num_classes + logits.argmax(-1), minlength=num_classes**2)
+    rt.all_reduce(loss_sum)
+    rt.all_reduce(confusion)
+    confusion = confusion.reshape(num_classes, num_classes).cpu()  # (K*K,) -> (K, K)
+    n = confusion.sum().item()
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return {"loss": loss_sum.item() / max(n, 1), "acc": confusion.diag().sum().item() / max(n, 1),
+            "per_class_acc": per_class, "confusion": confusion.long().tolist(), "count": int(n)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and outputs
+
+
+def run_folder(args: argparse.Namespace, run_name: str, runs_dir: Path = Path("runs")) -> tuple[Path, Path | None]:
+    """The output folder and the state.pt to resume from (None: a fresh start).
+
+    --resume auto: the state in --output if given, else in the newest runs/<run_name>-* folder, else a
+    fresh start; --resume PATH: a run folder or its state.pt, which must exist. Without --output a new
+    run goes to runs/<run_name>-<timestamp>.
+    """
+    if args.resume == "auto":
+        folders = [args.output] if args.output else sorted(runs_dir.glob(f"{run_name}-*"), key=os.path.getmtime)
+        states = [f / STATE_FILE for f in folders if (f / STATE_FILE).exists()]
+        if states:
+            return states[-1].parent, states[-1]
+    elif args.resume:
+        path = Path(args.resume)
+        path = path / STATE_FILE if path.is_dir() else path
+        if not path.exists():
+            raise VitError(f"--resume {args.resume}: {path} does not exist")
+        return path.parent, path
+    return args.output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}", None
+
+
+def cli(main: Callable[[], object]) -> None:
+    """Runs a script's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1."""
+    try:
+        main()
+    except VitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged file; all mean the same here
+        raise VitError(f"{path}: not a readable resume state ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step", "history"} <= set(state):
+        raise VitError(f"{path}: not a resume state written by this project")
+    return state
+
+
+def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
+               history: list[dict]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                "history": history}, buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+
+
+def write_json(path: Path, obj: dict) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch)."""
+    columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_write(out / "metrics.csv", "w") as f:
+        f.write(text.getvalue())
+    epochs = [h["epoch"] for h in history]
+    plot.charts(out / "curves.png", [
+        {"series": {"train": (epochs, [h["train_loss"] for h in history]),
+                    "val": (epochs, [h["val_loss"] for h in history])},
+         "title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy"},
+        {"series": {"train": (epochs, [100 * h["train_acc"] for h in history]),
+                    "val": (epochs, [100 * h["val_acc"] for h in history])},
+         "title": "accuracy", "xlabel": "epoch", "ylabel": "%"},
+    ])
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__}
+
+
+def summary_line(h: dict, epochs: int, val_name: str) -> str:
+    return (f"epoch {h['epoch']:>3}/{epochs}  lr {h['lr']:.2e}  train loss {h['train_loss']:.4f} "
+            f"acc {100 * h['train_acc']:6.2f}%  {val_name} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%  "
+            f"{h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runtime, out: Path,
+        resume_from: Path | None, extra_metadata: dict[str, str] | None = None) -> dict:
+    """Trains `model` for args.epochs (resuming from `resume_from`), evaluates on data.val each epoch,
+    writes the output folder on the main process, and returns the final results. Checkpoints carry
+    the class names, normalisation and command line in their metadata (plus `extra_metadata`)."""
+    metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
+                "args": json.dumps(sys.argv), **(extra_metadata or {})}
+    model.to(rt.device)
+    opt = build_optimizer(model, args)
+    history: list[dict] = []
+    epoch = step = 0
+    if resume_from is not None:
+        state = load_state(resume_from)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, step, history = state["epoch"], state["step"], state["history"]
+        if rt.main:
+            print(f"resumed from {resume_from} after epoch {epoch}", file=sys.stderr)
+    num_classes = len(data.classes)
+    if args.eval_only:
+        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+        if rt.main:
+            print(f"{data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images)")
+        return result
+    net = model
+    if rt.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+    steps_per_epoch = len(data.train)
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+    if rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "args.json", {"command": sys.argv, "args": {k: str(v) if isinstance(v, Path) else v
+                                                                      for k, v in vars(args).items()}})
+    best = max((h["val_acc"] for h in history), default=-1.0)
+    run_start = time.perf_counter()
+    result = None
+    while epoch < args.epochs:
+        try:
+            stats, step = train_epoch(net, data, opt, args, rt, epoch, step, total_steps, warmup_steps)
+        except Diverged as e:
+            raise VitError(f"training diverged: {e}; the last good checkpoint is kept in {out}") from None
+        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+        epoch += 1
+        history.append({"epoch": epoch, **stats, "val_loss": result["loss"], "val_acc": result["acc"]})
+        if rt.main:
+            print(summary_line(history[-1], args.epochs, data.val_name), flush=True)
+            save_checkpoint(out / "last.safetensors", model, metadata)
+            if result["acc"] > best:
+                best = result["acc"]
+                save_checkpoint(out / "best.safetensors", model, metadata)
+            if epoch % args.save_every == 0 or epoch == args.epochs:
+                save_state(out / STATE_FILE, model, opt, epoch, step, history)
+            write_metrics(out, history)
+    if result is None:  # resumed a finished run: evaluate what it left
+        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+    train_seconds = sum(h["seconds"] for h in history)
+    results = {
+        "test_acc": result["acc"], "test_loss": result["loss"], "test_images": result["count"],
+        "best_val_acc": best, "per_class_acc": dict(zip(data.classes, result["per_class_acc"])),
+        "confusion": result["confusion"], "classes": data.classes, "epochs": args.epochs,
+        "params": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
+        "wall_seconds_this_process": time.perf_counter() - run_start,
+        "train_img_per_s": sum(h["img_per_s"] * h["seconds"] for h in history) / max(train_seconds, 1e-9),
+        "device": str(rt.device), "processes": rt.world_size, "command": " ".join(sys.argv), "versions": versions(),
+    }
+    if rt.main:
+        write_json(out / "results.json", results)
+        plot.heatmap(out / "confusion.png", result["confusion"], data.classes, data.classes,
+                     f"confusion matrix ({data.val_name}, {100 * result['acc']:.2f}% correct)",
+                     xlabel="predicted", ylabel="true")
+        print(f"final {data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images), "
+              f"{train_seconds:.0f}s training, outputs in {out}", flush=True)
+    return results
