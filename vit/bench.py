@@ -1,6 +1,9 @@
-"""Benchmarks, printed as plain text tables.
+"""Benchmarks, printed as plain text tables. Every ratio is measured side by side in one run.
 
     python -m vit.bench data --data-dir ../shared/data [--folder PATH]
+    python -m vit.bench model      # fwd+bwd img/s per preset, explicit vs fused attention, vs matmul peak
+    python -m vit.bench train      # a real training step (augment + model + AdamW) per recipe, fp32 vs bf16
+    python -m vit.bench weights    # loading a ViT-B/16-size timm file vs reading its bytes; ViT-B/16 inference
 
 `data`: time to load MNIST (train+test) and CIFAR-10 (binary) into uint8 tensors against the floor
 of reading the same files' bytes, and the image-folder pipeline's images/s (decode + resize) with a
@@ -22,8 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+import torch.nn.functional as F
+
+from vit.augment import batch_augment
 from vit.data import ImageFolderDataset, folder_splits, load_tensor_dataset
-from vit.formats import VitError
+from vit.formats import VitError, read_safetensors, write_safetensors
+from vit.model import PRESETS, ViTConfig, VisionTransformer
+from vit.weights import load_checkpoint
 
 _CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
 
@@ -119,10 +127,127 @@ def bench_data(args: argparse.Namespace) -> None:
             rows.append((f"folder decode+resize {args.size}px, {workers} workers ({len(samples)} imgs)",
                          f"{rate:.0f} img/s", "", ""))
 
-    header = ("what", "time / rate", "floor (read bytes)", "ratio")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    _table(("what", "time / rate", "floor (read bytes)", "ratio"), rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), flush=True)
+
+
+def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> float:
+    """Measured fp32 GFLOP/s of an n x n x n matmul: the machine's practical peak for this run."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    (best,) = _best_times([lambda: a @ b], repeat)
+    return 2 * n**3 / best / 1e9
+
+
+def vit_flops(cfg: ViTConfig) -> float:
+    """Forward multiply-add FLOPs of one image (matmuls and attention; norms and activations ignored)."""
+    n, d, hidden = cfg.num_patches + 1, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
+    patch = 2 * cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * d
+    return cfg.depth * block + patch + 2 * d * max(cfg.num_classes, 0)
+
+
+def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = False,
+               augment: Callable | None = None) -> float:
+    """Images/s of training steps (augment + forward + backward + AdamW) or of inference forwards."""
+    torch.manual_seed(0)
+    model = VisionTransformer(cfg).train(train)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, 256, (batch, cfg.in_chans, cfg.img_size, cfg.img_size), dtype=torch.uint8)
+    y = torch.randint(0, max(cfg.num_classes, 1), (batch,))
+    g = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        inputs = x.float() / 255
+        if augment is not None:
+            inputs = augment(inputs, g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(inputs)
+        if train:
+            F.cross_entropy(logits.float(), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    with torch.set_grad_enabled(train):
+        step()  # warm-up: allocations, kernel selection
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def bench_model(args: argparse.Namespace) -> None:
+    """Forward+backward img/s of the dataset presets and ViT-B/16 inference, explicit vs fused attention."""
+    peak = matmul_peak(args.threads)
+    print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    cases = [("mnist", "train", 256), ("cifar10", "train", 256), ("vit_base_patch16_224", "infer", 8)]
+    for preset, mode, batch in cases:
+        rates = []
+        for fused in (False, True):
+            cfg = ViTConfig(**{**PRESETS[preset], "fused_attn": fused})
+            rates.append(_step_rate(cfg, batch, args.steps, train=mode == "train"))
+        gflop = vit_flops(cfg) * (3 if mode == "train" else 1) / 1e9
+        best = max(rates)
+        rows.append((preset, mode, str(batch), f"{rates[0]:.1f}", f"{rates[1]:.1f}", f"{rates[0] / rates[1]:.2f}x",
+                     f"{gflop * best:.0f}", f"{100 * gflop * best / peak:.0f}%"))
+    _table(("preset", "mode", "batch", "explicit img/s", "fused img/s", "explicit/fused", "GFLOP/s (best)",
+            "of peak"), rows)
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    """A real training step per recipe: batch augmentation + fwd/bwd + AdamW; fp32 vs bf16 autocast."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from train import RECIPES  # the recipes live in the script users run
+
+    peak = matmul_peak(args.threads)
+    print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    for data in ("mnist", "cifar10"):
+        recipe = RECIPES[data]
+        cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False})
+        augment = batch_augment(recipe["aug"])
+        fp32 = _step_rate(cfg, recipe["batch_size"], args.steps, True, augment=augment)
+        bf16 = _step_rate(cfg, recipe["batch_size"], max(1, args.steps // 4), True, amp=True, augment=augment)
+        gflops = 3 * vit_flops(cfg) * fp32 / 1e9
+        rows.append((data, f"{sum(p.numel() for p in VisionTransformer(cfg).parameters()) / 1e6:.2f}M",
+                     str(recipe["batch_size"]), f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x",
+                     f"{gflops:.0f}", f"{100 * gflops / peak:.0f}%", f"{60_000 / fp32 if data == 'mnist' else 50_000 / fp32:.0f}"))
+    _table(("recipe", "params", "batch", "fp32 img/s", "bf16 img/s", "bf16/fp32", "GFLOP/s", "of peak",
+            "s/epoch"), rows)
+
+
+def bench_weights(args: argparse.Namespace) -> None:
+    """Load a random ViT-B/16-size timm-layout file with our loader vs reading its bytes."""
+    torch.set_num_threads(args.threads)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in VisionTransformer(ViTConfig(**PRESETS["vit_base_patch16_224"])).state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        path = Path(tmp_name) / "vit_base_patch16_224.safetensors"
+        write_safetensors(path, {k: torch.randn(s) * 0.02 for k, s in shapes.items()})
+        floor, read, load = _best_times([partial(_read_all, [path]), partial(read_safetensors, path),
+                                         partial(load_checkpoint, path)], args.repeat)
+        size = path.stat().st_size / 1e6
+        model, _ = load_checkpoint(path, fused_attn=True)
+    model.eval()
+    x = torch.randn(8, 3, 224, 224)
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            model(x)
+        rate = 8 * args.steps / (time.perf_counter() - start)
+    _table(("what", "time / rate", "vs reading the bytes"), [
+        (f"read the bytes ({size:.0f} MB)", f"{floor:.3f} s", "1.00x"),
+        ("read_safetensors", f"{read:.3f} s", f"{read / floor:.2f}x"),
+        ("load_checkpoint (checked, into the model)", f"{load:.3f} s", f"{load / floor:.2f}x"),
+        ("ViT-B/16 inference, batch 8, fused attention", f"{rate:.1f} img/s", ""),
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,6 +264,15 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--batch-size", type=int, default=256)
     data.add_argument("--repeat", type=int, default=5, help="timed runs per load; the fastest is reported")
     data.set_defaults(run=bench_data)
+    for name, run, help_text, steps in [
+            ("model", bench_model, "fwd+bwd img/s per preset: explicit vs fused attention, vs matmul peak", 5),
+            ("train", bench_train, "training-step img/s per recipe: fp32 vs bf16 autocast, vs matmul peak", 8),
+            ("weights", bench_weights, "ViT-B/16 file load vs reading its bytes; ViT-B/16 inference", 3)]:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+        sub.add_argument("--steps", type=int, default=steps, help="timed steps per case")
+        sub.add_argument("--repeat", type=int, default=3, help="timed loads (weights); the fastest is reported")
+        sub.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:
         args.run(args)

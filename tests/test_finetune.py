@@ -1,0 +1,75 @@
+"""finetune.py on a tiny synthetic image folder, starting from the timm fixture weights in ../shared."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vit.formats import read_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"
+sys.path.insert(0, str(ROOT))
+import finetune  # noqa: E402  (a script at the repository root)
+
+FAST = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--threads", "1", "--warmup-epochs", "0"]
+
+
+@pytest.fixture
+def weights() -> Path:
+    if not TIMM.exists():
+        pytest.skip(f"../shared not found: no timm fixture at {TIMM}")
+    return TIMM
+
+
+def scenes(root: Path, per_class: int = 8) -> Path:
+    """root/{train,val}/<class>/*.png: three classes told apart by colour."""
+    for split, n in (("train", per_class), ("val", 3)):
+        for name, colour in (("beach", (230, 200, 120)), ("forest", (20, 120, 30)), ("sea", (20, 60, 200))):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + 3 * i, 36), tuple(min(255, c + 4 * i) for c in colour)).save(folder / f"{i}.png")
+    return root
+
+
+def test_finetune_learns_and_writes_every_output(tmp_path, weights):
+    out = tmp_path / "run"
+    results = finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--epochs", "4",
+                             "--lr", "1e-3", "--output", str(out)] + FAST)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert results["classes"] == ["beach", "forest", "sea"] and results["test_images"] == 9
+    assert results["test_acc"] == 1.0
+    assert (out / "confusion.png").stat().st_size > 0 and (out / "curves.png").exists()
+    tensors, meta = read_safetensors(out / "best.safetensors")
+    assert json.loads(meta["classes"]) == ["beach", "forest", "sea"]
+    assert tensors["head.weight"].shape == (3, 192) and tensors["pos_embed"].shape == (1, 5, 192)  # 2x2 grid + class
+    assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5]
+
+
+def test_freeze_trains_the_head_only(tmp_path, weights):
+    out = tmp_path / "run"
+    finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--epochs", "1", "--freeze",
+                   "--patch", "manual", "--output", str(out)] + FAST)
+    before, _ = read_safetensors(weights)
+    after, _ = read_safetensors(out / "last.safetensors")
+    assert torch.equal(after["blocks.1.mlp.fc2.weight"], before["blocks.1.mlp.fc2.weight"])
+    assert torch.equal(after["patch_embed.proj.weight"], before["patch_embed.proj.weight"].reshape(192, -1))
+    assert after["head.weight"].abs().sum() > 0  # started at zero, trained
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--weights", "missing.safetensors"], "--weights missing.safetensors: no such file"),
+    (["--arch", "vit_huge"], "--arch 'vit_huge'"),
+    (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
+])
+def test_bad_flags_exit_2(tmp_path, weights, extra, message, capsys):
+    argv = ["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes"))] + extra
+    with pytest.raises(SystemExit) as e:
+        finetune.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
