@@ -1,0 +1,32 @@
+"""vit.bench: the FLOP count behind the achieved-vs-peak figures, and a quick run of a subcommand."""
+
+from vit.bench import _step_rate, main, vit_flops
+from vit.model import PRESETS, ViTConfig
+
+
+def test_vit_base_flops_match_the_published_count():
+    # timm lists vit_base_patch16_224 at 17.6 GMACs per 224 px image; vit_flops counts 2 FLOPs per MAC.
+    assert abs(vit_flops(ViTConfig(**PRESETS["vit_base_patch16_224"])) / 2e9 - 17.56) < 0.05
+
+
+def test_flops_grow_with_tokens_and_depth():
+    small = ViTConfig(**PRESETS["mnist"])
+    assert vit_flops(ViTConfig(**{**PRESETS["mnist"], "depth": 2 * small.depth})) > 1.9 * vit_flops(small)
+    assert vit_flops(ViTConfig(**{**PRESETS["mnist"], "patch_size": 7})) < vit_flops(small) / 2
+
+
+def test_step_rate_runs_a_training_step():
+    cfg = ViTConfig(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=1, num_heads=2)
+    assert _step_rate(cfg, batch=4, steps=1, train=True) > 0
+
+
+def test_model_benchmark_prints_a_table(capsys, monkeypatch):
+    import vit.bench as bench
+    tiny = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8, num_classes=10)
+    for preset in ("mnist", "cifar10", "vit_base_patch16_224"):  # the table, not the timing, is under test
+        monkeypatch.setitem(bench.PRESETS, preset, tiny)
+    monkeypatch.setattr(bench, "matmul_peak", lambda threads: 100.0)
+    main(["model", "--steps", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "fp32 matmul peak" in out and "explicit/fused" in out
+    assert len([line for line in out.splitlines() if line.startswith(("mnist", "cifar10", "vit_base"))]) == 3
