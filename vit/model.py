@@ -275,18 +275,22 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm's init: trunc-normal(.02) for Linear weights and a learned pos_embed, zero biases,
-        class token N(0, 1e-6); the patch projection is initialised like a Linear (xavier-uniform on
-        the (D, C*P*P) view, as MAE does) so 'manual' and 'conv' start from the same distribution."""
+        """timm's init, with the Linear std scaled to the width: trunc-normal(0.02 * sqrt(768 / D)) for
+        Linear weights (exactly timm's 0.02 for ViT-B's D = 768; with a flat 0.02 a D = 64 MNIST model
+        sat on a loss plateau: 24% test accuracy after 200 steps, against 66% with the scaled std),
+        trunc-normal(.02) for a learned pos_embed, zero biases, class token ~N(0, 1e-6). The patch
+        projection is initialised like a Linear (xavier-uniform on the (D, C*P*P) view, as MAE does)
+        so 'manual' and 'conv' start from the same distribution."""
+        std = 0.02 * (768 / self.cfg.embed_dim) ** 0.5
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         proj = self.patch_embed.proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))  # (D, C, P, P) viewed as (D, C*P*P)
         nn.init.zeros_(proj.bias)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.trunc_normal_(self.cls_token, std=1e-6)  # normal_ would import torch._dynamo on meta tensors
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
