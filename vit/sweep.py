@@ -1,0 +1,456 @@
+"""Grid sweeps over train.py's flags: every configuration x seed, trained one after another in this process.
+
+    python -m vit.sweep --data mnist --grid patch_size=4,7 depth=2,4 pos=sin,learned --epochs 5 --seeds 2
+    python -m vit.sweep --data cifar10 --grid patch=manual,conv,stem --seeds 3 -- --threads 2 --lr 5e-4
+
+Every train.py flag can be a grid axis (but --output, --resume, --seed and --eval-only, which the
+sweep sets): its name without the dashes ('patch_size' or 'patch-size'), then '=' and comma-separated
+values, checked against the flag's type and choices; on/off switches take true/false (yes/no,
+on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `train.main(argv)` (train.py's
+own code path) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep runs seed 0
+of every configuration first, then seed 1, and so on.
+
+Re-running the same command resumes: a run whose results.json exists is skipped, an interrupted
+one continues from its state.pt. A run that fails (a bad flag combination, a bad file, a diverged
+loss, any exception) is recorded with its error message and the sweep goes on.
+
+Files in --output (default sweeps/<data>-<axis>-<axis>...):
+  <config>-seed<k>/  the run's train.py outputs (args.json, checkpoints, curves.png, results.json, ...)
+  sweep.csv          one row per run: the axes, seed, status, test_acc, params, train_seconds,
+                     train_img_per_s, output, error (rewritten after every run)
+  sweep.md           one row per configuration: test accuracy mean ± std over seeds, params, training
+                     time, img/s; sorted by mean accuracy; failed runs listed below the table
+  chart_<axis>.png   test accuracy per value of the axis, mean ± std over all runs with that value
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import io
+import itertools
+import json
+import math
+import re
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from contextlib import contextmanager, redirect_stderr
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator, Sequence, TextIO
+
+from vit import plot
+from vit.engine import cli
+from vit.formats import VitError, atomic_write
+
+# Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
+RESERVED = {"output": "each run gets its own folder under the sweep's --output",
+            "resume": "the sweep resumes its runs by itself",
+            "seed": "use the sweep's --seeds N (runs seeds 0 .. N-1)",
+            "eval_only": "a sweep trains",
+            "help": "not a training option"}
+SWITCH_VALUES = {"true": True, "yes": True, "on": True, "1": True,
+                 "false": False, "no": False, "off": False, "0": False}
+RESULT_COLUMNS = ["seed", "status", "test_acc", "params", "train_seconds", "train_img_per_s", "output", "error"]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: a train.py option (`name` is its dest, e.g. 'patch_size') and the values to try.
+
+    `argv[value]` is what selects the value on train.py's command line: ('--depth', '4'); for an on/off
+    switch ('--no-download',) or () (store_true) and ('--amp',) or ('--no-amp',) (--amp/--no-amp).
+    """
+    name: str
+    values: tuple[str, ...]
+    argv: dict[str, tuple[str, ...]]
+
+
+# ------------------------------------------------------------------------------------------------
+# The grid: parsing and expansion (pure functions of the command line and train.py's parser)
+
+
+def _train_script() -> ModuleType:
+    """train.py, imported."""
+    # train.py is a script at the repository root, not a module of the package: make it importable
+    # (vit/bench.py does the same).
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import train
+
+    return train
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """train.py's argument parser (a fresh one, which the caller may modify)."""
+    parser, _ = _train_script().parse_args([])
+    return parser
+
+
+def train_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """train.py's long options by name without dashes, '-' as '_' ('patch_size' -> the --patch-size action)."""
+    # argparse has no public way to list a parser's options; _actions is the list add_argument fills.
+    return {a.option_strings[0].lstrip("-").replace("-", "_"): a for a in parser._actions
+            if a.option_strings and a.option_strings[0].startswith("--")}
+
+
+def _folder_safe(value: str) -> str:
+    """A value as it appears in a run's folder name: characters other than [A-Za-z0-9._+-] become '_'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", value)
+
+
+def _parse_value(axis: str, action: argparse.Action, text: str) -> tuple[str, tuple[str, ...]]:
+    """(the value as recorded, the argv selecting it) for one grid value, checked like train.py would."""
+    flag = action.option_strings[0]
+    if action.nargs == 0:  # an on/off switch: store_true / store_false / --x/--no-x
+        on = SWITCH_VALUES.get(text.lower())
+        if on is None:
+            raise ValueError(f"grid axis {axis}: {text!r} is not on or off; {flag} is a switch, "
+                             f"use true or false (or yes/no, on/off, 1/0)")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return str(on).lower(), (flag if on else "--no-" + flag[2:],)
+        return str(on).lower(), (flag,) if on == action.const else ()
+    convert = action.type or str
+    try:
+        value = convert(text)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise ValueError(f"grid axis {axis}: {text!r} is not a valid {getattr(convert, '__name__', 'value')} "
+                         f"for {flag}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"grid axis {axis}: {text!r} is not a choice of {flag} "
+                         f"({', '.join(map(str, action.choices))})")
+    return text, (flag, text)
+
+
+def parse_grid(tokens: Sequence[str], parser: argparse.ArgumentParser) -> list[Axis]:
+    """Axes from 'NAME=V1,V2,...' tokens, NAME a train.py option without dashes ('_' or '-').
+
+    Every name must be an option of `parser` and not one the sweep sets itself (RESERVED); every value
+    must convert with the option's type and be one of its choices. Raises ValueError with a message
+    naming the token for a malformed token, an unknown or repeated axis, an empty or repeated value.
+    """
+    options = train_options(parser)
+    axes: list[Axis] = []
+    for token in tokens:
+        name, eq, listed = token.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not eq or not name:
+            raise ValueError(f"grid axis {token!r}: expected NAME=V1,V2,... (e.g. depth=2,4)")
+        if name in RESERVED:
+            raise ValueError(f"grid axis {name!r} is not allowed: {RESERVED[name]}")
+        if name not in options:
+            close = difflib.get_close_matches(name, options, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; see python train.py --help"
+            raise ValueError(f"grid axis {name!r} is not a train.py option{hint}")
+        if any(a.name == name for a in axes):
+            raise ValueError(f"grid axis {name!r} is given twice; list all its values once: {name}=A,B")
+        texts = [t.strip() for t in listed.split(",")]
+        if "" in texts:
+            raise ValueError(f"grid axis {token!r}: empty value; expected {name}=V1,V2,...")
+        parsed = [_parse_value(name, options[name], t) for t in texts]
+        values = [v for v, _ in parsed]
+        folders = [_folder_safe(v) for v in values]
+        if len(set(folders)) < len(folders):
+            raise ValueError(f"grid axis {token!r}: a value is repeated (or two values give the same folder "
+                             f"name: {', '.join(folders)})")
+        axes.append(Axis(name, tuple(values), dict(parsed)))
+    return axes
+
+
+def check_fixed_flags(argv: Sequence[str], parser: argparse.ArgumentParser, axes: Sequence[Axis]) -> None:
+    """Checks the flags every run gets (`argv`) against train.py's parser (which it sets to raise
+    instead of exiting): known flags, valid values, none the sweep sets itself, none that is also an
+    axis. Raises ValueError with the reason."""
+    parser.exit_on_error = False  # raise ArgumentError instead of exiting, to report it as the sweep's error
+    parser.allow_abbrev = False  # an abbreviated flag would slip past the axis check below
+    try:
+        _, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as e:
+        raise ValueError(f"train.py flags: {e}") from None
+    if unknown:
+        raise ValueError(f"not train.py flags: {' '.join(unknown)}")
+    options = train_options(parser)
+    by_flag = {s: name for name, a in options.items() for s in a.option_strings}
+    given = {by_flag[t.split("=")[0]] for t in argv if t.split("=")[0] in by_flag}
+    reserved, both = sorted(given & set(RESERVED)), sorted(given & {a.name for a in axes})
+    if reserved:
+        raise ValueError(f"--{reserved[0].replace('_', '-')} cannot be given to a sweep: {RESERVED[reserved[0]]}")
+    if both:
+        raise ValueError(f"--{both[0].replace('_', '-')} is both a grid axis and a fixed flag; give it once")
+
+
+def expand(axes: Sequence[Axis]) -> list[dict[str, str]]:
+    """Every configuration of the grid (the cartesian product), the last axis varying fastest."""
+    names = [a.name for a in axes]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def config_slug(config: dict[str, str]) -> str:
+    """The folder-name form of a configuration, e.g. 'patch_size=4,pos=sin'."""
+    return ",".join(f"{name}={_folder_safe(value)}" for name, value in config.items())
+
+
+def config_argv(axes: Sequence[Axis], config: dict[str, str]) -> list[str]:
+    """train.py flags selecting `config`."""
+    return [token for a in axes for token in a.argv[config[a.name]]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+class _StderrTail:
+    """A stderr that writes through and keeps the last few kilobytes, to recover argparse's message
+    (train.py reports a bad flag combination on stderr, then raises SystemExit)."""
+
+    def __init__(self, stream: TextIO, keep: int = 4000) -> None:
+        self.stream, self.keep, self.tail = stream, keep, ""
+
+    def write(self, text: str) -> int:
+        self.tail = (self.tail + text)[-self.keep:]
+        if text.startswith("usage: "):  # argparse's 20-line usage, once per failed run, would drown the log
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> object:  # flush, isatty (the progress bar asks), fileno, ...
+        return getattr(self.stream, name)
+
+    def last_error(self) -> str | None:
+        """The last 'prog: error: message' line written, if any."""
+        lines = [line for line in self.tail.splitlines() if ": error: " in line]
+        return lines[-1].strip() if lines else None
+
+
+@contextmanager
+def _train_argv(argv: list[str]) -> Iterator[None]:
+    """sys.argv set to the equivalent `train.py ...` command line for the duration of one run, so
+    the run's args.json and checkpoint metadata (which record sys.argv) say how to repeat it alone."""
+    saved = sys.argv
+    sys.argv = ["train.py", *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _result_fields(results: dict) -> dict[str, object]:
+    return {"status": "ok", "test_acc": results["test_acc"], "params": results["params"],
+            "train_seconds": results["train_seconds"], "train_img_per_s": results["train_img_per_s"], "error": ""}
+
+
+def train_run(argv: list[str], out: Path) -> dict[str, object]:
+    """One run, `train.main(argv + --output out --resume auto)` in this process, or its saved results
+    when out/results.json exists. Returns the sweep.csv fields status..error (not seed and output)."""
+    finished = out / "results.json"
+    if finished.exists():
+        try:
+            return _result_fields(json.loads(finished.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return {"status": "failed", "error": f"{finished}: unreadable results ({type(e).__name__}: {e})"}
+    train = _train_script()
+    argv = [*argv, "--output", str(out), "--resume", "auto"]
+    tail = _StderrTail(sys.stderr)
+    try:
+        with redirect_stderr(tail), _train_argv(argv):
+            return _result_fields(train.main(argv))
+    except SystemExit as e:  # train.py's argparse error (exit 2): its message is the last error line
+        error = tail.last_error() or f"train.py exited with status {e.code}"
+    except VitError as e:
+        error = f"error: {e}"
+    except Exception as e:  # a bug or a crash: keep the traceback for whoever debugs it, and go on
+        traceback.print_exc()
+        error = f"{type(e).__name__}: {e}"
+    return {"status": "failed", "error": error}
+
+
+def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path) -> list[dict[str, object]]:
+    """Runs (or skips, when finished) every configuration x seed; seed 0 of every configuration first.
+    Rewrites output/sweep.csv after each run and returns its rows."""
+    configs = expand(axes)
+    rows: list[dict[str, object]] = []
+    total = len(configs) * seeds
+    for seed in range(seeds):
+        for config in configs:
+            out = output / f"{config_slug(config)}-seed{seed}"
+            skipped = (out / "results.json").exists()
+            start = time.perf_counter()
+            row = {**config, "seed": seed, **train_run([*fixed, *config_argv(axes, config), "--seed", str(seed)], out),
+                   "output": str(out)}
+            rows.append(row)
+            write_csv(output / "sweep.csv", [a.name for a in axes], rows)
+            what = (f"test accuracy {100 * row['test_acc']:.2f}%" if row["status"] == "ok"
+                    else f"FAILED: {row['error']}")
+            when = "finished before, skipped" if skipped else f"{time.perf_counter() - start:.0f}s"
+            print(f"[{len(rows)}/{total}] {config_slug(config)} seed {seed}: {what} ({when})", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports (pure functions of the rows, so that a sweep.csv can be re-summarised)
+
+
+def write_csv(path: Path, axes: list[str], rows: list[dict[str, object]]) -> None:
+    """sweep.csv: the axis columns, then RESULT_COLUMNS; test_acc as a fraction, as in results.json."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, [*axes, *RESULT_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path, "w") as f:
+        f.write(text.getvalue())
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(axis names, rows) of a sweep.csv: the axes are the columns before 'seed'."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if "seed" not in columns:
+            raise VitError(f"{path}: not a sweep.csv (no 'seed' column)")
+        return columns[:columns.index("seed")], list(reader)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator); NaN for what is undefined."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize(rows: Sequence[dict], axes: Sequence[str]) -> list[dict]:
+    """One entry per configuration with at least one finished run, sorted by mean test accuracy
+    (highest first; ties keep the grid order): 'config' (axis -> value), 'runs', 'acc' and 'acc_std'
+    (fractions), and the means of 'params', 'train_seconds' and 'img_per_s'."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            groups.setdefault(tuple(str(row[a]) for a in axes), []).append(row)
+    out = []
+    for key, runs in groups.items():
+        acc, acc_std = mean_std([float(r["test_acc"]) for r in runs])
+        out.append({"config": dict(zip(axes, key)), "runs": len(runs), "acc": acc, "acc_std": acc_std,
+                    "params": statistics.fmean(float(r["params"]) for r in runs),
+                    "train_seconds": statistics.fmean(float(r["train_seconds"]) for r in runs),
+                    "img_per_s": statistics.fmean(float(r["train_img_per_s"]) for r in runs)})
+    return sorted(out, key=lambda s: -s["acc"])
+
+
+def by_value(rows: Sequence[dict], axis: str) -> list[tuple[str, float, float, int]]:
+    """(value, mean, std, finished runs) of test accuracy per value of `axis`, in order of first
+    appearance, over all finished runs with that value; a value whose runs all failed has NaNs."""
+    accs: dict[str, list[float]] = {}
+    for row in rows:
+        accs.setdefault(str(row[axis]), [])
+        if row["status"] == "ok":
+            accs[str(row[axis])].append(float(row["test_acc"]))
+    return [(value, *mean_std(a), len(a)) for value, a in accs.items()]
+
+
+def _percent(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f}" + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
+
+
+def markdown(rows: Sequence[dict], axes: Sequence[str], command: str = "") -> str:
+    """sweep.md: one table row per configuration (see `summarize`), then the failed runs."""
+    lines = ["# Sweep", ""]
+    if command:
+        lines += [f"`{command}`", ""]
+    seeds = len({str(r["seed"]) for r in rows})
+    lines += [f"{len(rows)} runs ({seeds} seed{'s' * (seeds != 1)} per configuration). Test accuracy in %: mean ± "
+              "sample std over the finished seeds (runs). Params: trainable parameters. Train s: wall-clock "
+              "seconds of the training epochs, img/s: training images per second (means over seeds). "
+              "Sorted by mean accuracy.", ""]
+    header = ["rank", *axes, "test acc (%)", "runs", "params", "train s", "img/s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---:|" + "---|" * len(axes) + "---:|" * 5]
+    for rank, s in enumerate(summarize(rows, axes), 1):
+        cells = [str(rank), *s["config"].values(), _percent(s["acc"], s["acc_std"]), str(s["runs"]),
+                 f"{s['params']:,.0f}", f"{s['train_seconds']:.1f}", f"{s['img_per_s']:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        lines += ["", f"## Failed runs ({len(failed)})", ""]
+        lines += [f"- {','.join(f'{a}={r[a]}' for a in axes)} seed {r['seed']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(output: Path, axes: list[str], rows: list[dict], command: str) -> list[Path]:
+    """sweep.md and one chart_<axis>.png per axis; returns the paths written."""
+    with atomic_write(output / "sweep.md", "w") as f:
+        f.write(markdown(rows, axes, command))
+    written = [output / "sweep.md"]
+    for axis in axes:
+        stats = by_value(rows, axis)
+        counts = {n for *_, n in stats}
+        if len(counts) == 1:  # the usual case: every value has the same number of finished runs
+            labels, over = [value for value, *_ in stats], f"{counts.pop()} runs each"
+        else:
+            labels, over = [f"{value} (n={n})" for value, _, _, n in stats], "its n finished runs"
+        path = output / f"chart_{axis}.png"
+        plot.bar_chart(path, labels, [100 * m for _, m, _, _ in stats], [100 * s for _, _, s, _ in stats],
+                       f"test accuracy by {axis} (mean ± std over {over})", "test accuracy (%)")
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Axis], list[str]]:
+    """(sweep options, grid axes, the fixed train.py flags of every run); bad flags exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m vit.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
+                   help="axes: train.py options without dashes and the values to try, e.g. depth=2,4 pos=sin,learned")
+    p.add_argument("--data", help="dataset of every run (train.py's --data; default train.py's)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs of every run (default: the dataset's recipe)")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="runs per configuration, seeds 0 .. N-1")
+    p.add_argument("--output", type=Path, help="sweep folder (default sweeps/<data>-<axis>-<axis>...)")
+    args, unknown = p.parse_known_args(own)
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)} (train.py flags go after --)")
+    fixed = ((["--data", args.data] if args.data else []) + (["--epochs", str(args.epochs)] if args.epochs else [])
+             + extra)
+    try:
+        parser = train_parser()
+        axes = parse_grid(args.grid, parser)
+        check_fixed_flags(fixed, parser, axes)
+    except ValueError as e:
+        p.error(str(e))
+    if args.output is None:
+        parts = ([Path(args.data).name] if args.data else []) + [a.name for a in axes]
+        args.output = Path("sweeps") / _folder_safe("-".join(parts))
+    return args, axes, fixed
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Runs the sweep and writes its reports; returns the sweep.csv rows."""
+    args, axes, fixed = parse_args(argv)
+    command = "python -m vit.sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VitError(f"--output {args.output}: cannot create the folder ({e.strerror})") from None
+    rows = run_sweep(axes, args.seeds, fixed, args.output)
+    written = write_reports(args.output, [a.name for a in axes], rows, command)
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows)} runs, {failed} failed; wrote {args.output / 'sweep.csv'}, " + ", ".join(map(str, written)))
+    return rows
+
+
+if __name__ == "__main__":
+    cli(main)
