@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--data {args.data}: no such folder")
     if args.arch != "auto" and args.arch not in PRESETS:
         p.error(f"--arch {args.arch!r}: choose auto or one of {', '.join(PRESETS)}")
+    if args.img_size < 1:
+        p.error(f"--img-size must be >= 1, got {args.img_size}")
+    if not args.jitter >= 0:
+        p.error(f"--jitter must be >= 0, got {args.jitter}")
     if not 0.0 < args.layer_decay <= 1.0:
         p.error("--layer-decay must be in (0, 1]")
     if not 0.0 < args.val_fraction < 1.0:
@@ -62,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> dict:
     p, args = parse_args(argv)
+    check_common_args(p, args)
     rt = setup_runtime(args)
-    check_common_args(p, args, rt.world_size)
     data = folder_data(args, rt, args.data, args.img_size, interpolation="bicubic", mean=WEIGHTS_MEAN,
                        std=WEIGHTS_STD, jitter=args.jitter)
     model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size,

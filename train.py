@@ -25,7 +25,7 @@ from vit.model import PRESETS, ViTConfig, VisionTransformer
 
 # Per-dataset defaults: what `python train.py --data NAME` runs. Tuned on a 2-core CPU (README "Results").
 RECIPES = {
-    "mnist": dict(preset="mnist", epochs=5, batch_size=256, lr=1e-3, warmup_epochs=0.5, weight_decay=0.05,
+    "mnist": dict(preset="mnist", epochs=12, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
                   smoothing=0.0, aug="mnist", drop_path=0.0),
     "fashion-mnist": dict(preset="mnist", epochs=10, batch_size=256, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
                           smoothing=0.1, aug="flip", drop_path=0.0),
@@ -39,7 +39,8 @@ FOLDER_AUGS = ("none", "rrc")  # per-image: eval-style resize only, or random-re
 # model flag -> ViTConfig field
 MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
                "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
-               "drop_path": "drop_path_rate", "drop": "drop_rate", "img_size": "img_size"}
+               "drop_path": "drop_path_rate", "drop": "drop_rate", "img_size": "img_size",
+               "patch_dropout": "patch_dropout"}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     m.add_argument("--mlp-ratio", type=float)
     m.add_argument("--pool", choices=("token", "avg"))
     m.add_argument("--drop", type=float, help="dropout rate")
+    m.add_argument("--patch-dropout", type=float, help="training only: fraction of patch tokens dropped per image")
     m.add_argument("--attn", choices=("auto", "fused", "explicit"), default="auto",
                    help="attention kernel; auto: fused on CUDA, explicit on CPU (faster there for short sequences)")
     add_common_args(p)
@@ -96,8 +98,8 @@ def model_config(p: argparse.ArgumentParser, args: argparse.Namespace, rt: Runti
 
 def main(argv: list[str] | None = None) -> dict:
     p, args = parse_args(argv)
+    check_common_args(p, args)
     rt = setup_runtime(args)
-    check_common_args(p, args, rt.world_size)
     cfg = model_config(p, args, rt)
     if args.kind == "folder":
         name = Path(args.data).resolve().name

@@ -173,3 +173,19 @@ def test_model_file_imports_only_torch_and_stdlib():
             assert node.level == 0, "model.py must not use relative imports"
             roots.add(node.module.split(".")[0])
     assert roots <= {"torch", "math", "dataclasses", "__future__"}, roots
+
+
+def test_patch_dropout_keeps_the_class_token_and_a_random_subset_in_training_only():
+    torch.manual_seed(0)
+    model = VisionTransformer(tiny(patch_dropout=0.5))
+    images = torch.randn(2, 3, 16, 16)
+    kept = model.embed(images)
+    assert kept.shape == (2, 1 + 8, 32)  # 16 patches -> 8 kept, plus the class token
+    full = model.eval().embed(images)
+    assert full.shape == (2, 17, 32)
+    torch.testing.assert_close(kept[:, 0], full[:, 0])
+    for b in range(2):  # every kept token is one of the image's own tokens, each at most once
+        matches = (kept[b, 1:, None] == full[b, None, 1:]).all(-1)  # (8, 16)
+        assert (matches.sum(1) == 1).all() and (matches.sum(0) <= 1).all()
+    with pytest.raises(ValueError, match=r"patch_dropout must be in \[0, 1\)"):
+        tiny(patch_dropout=1.0)

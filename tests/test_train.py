@@ -65,8 +65,8 @@ def test_mnist_end_to_end_writes_every_output(tmp_path):
     out = tmp_path / "run"
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--output", str(out)])
     names = {p.name for p in out.iterdir()}
-    assert names == {"args.json", "metrics.csv", "last.safetensors", "best.safetensors", "state.pt", "results.json",
-                     "curves.png", "confusion.png"}
+    assert names == {"args.json", "metrics.csv", "last.safetensors", "best.safetensors", "state.pt", "state.prev.pt",
+                     "results.json", "curves.png", "confusion.png"}
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 3
     saved = json.loads((out / "results.json").read_text())

@@ -265,29 +265,42 @@ def find_classes(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise VitError(f"{root}: not a folder; expected root/<class>/<images>")
-    with os.scandir(root) as entries:
-        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    try:
+        with os.scandir(root) as entries:
+            classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise _scan_error(e) from None
     if not classes:
         raise VitError(f"{root}: no class folders; expected root/<class>/<images>")
     return classes
+
+
+def _scan_error(e: OSError) -> VitError:
+    """An unreadable folder or a looping link met while listing a folder, as a VitError naming it."""
+    return VitError(f"{e.filename}: cannot read ({e.strerror}); fix its permissions, or remove it if it is a "
+                    "broken or looping link")
 
 
 def _image_files(folder: Path) -> list[Path]:
     """Image files under `folder` at any depth, sorted; hidden entries, non-images and special files skipped.
 
     Symlinked folders are not followed (no loops, nothing outside the tree); only regular files
-    (or links to them) count, so a fifo named x.jpg cannot hang a worker.
+    (or links to them) count, so a fifo named x.jpg cannot hang a worker. An unreadable folder or
+    a link named like an image that cannot be followed (a loop) is a VitError naming it.
     """
     found, stack = [], [folder]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
-                    found.append(Path(e.path))
+    try:
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(Path(e.path))
+                    elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
+                        found.append(Path(e.path))
+    except OSError as e:
+        raise _scan_error(e) from None
     return sorted(found)
 
 
@@ -427,6 +440,9 @@ class _IndexBatches:
         return (batch.tolist() for batch, _ in self.indices)
 
 
+_WORKER_ERROR_MARK = f"\n{VitError.__module__}.{VitError.__qualname__}: "  # how a worker's traceback names VitError
+
+
 class FolderLoader:
     """Batches (x, y) of an ImageFolderDataset, decoded in DataLoader workers.
 
@@ -453,4 +469,12 @@ class FolderLoader:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except VitError as e:
+            # A worker's error comes back as "Caught VitError in DataLoader worker N. Original Traceback
+            # ...<the traceback>... vit.formats.VitError: <message>"; the user gets the message alone.
+            _, mark, message = str(e).rpartition(_WORKER_ERROR_MARK)
+            if not mark:  # raised in this process (workers=0): already just the message
+                raise
+            raise VitError(message.rstrip("\n")) from None

@@ -91,6 +91,9 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+_NOT_OURS = "this is not the expected archive: delete it and download it again"
+
+
 def extract_tar(archive: Path, dest: Path, members: Iterable[str]) -> None:
     """Extract exactly the regular-file members named in `members` from `archive` into `dest`.
 
@@ -107,22 +110,23 @@ def extract_tar(archive: Path, dest: Path, members: Iterable[str]) -> None:
             for member in tar.getmembers():
                 problem = _member_problem(member)
                 if problem is not None:
-                    raise VitError(f"{archive}: refusing archive, member {member.name!r}: {problem}")
+                    raise VitError(f"{archive}: refusing archive, member {member.name!r}: {problem}; {_NOT_OURS}")
                 name = str(PurePosixPath(member.name))  # drops a leading './'
                 if name in wanted and member.isreg():
                     if name in found:
-                        raise VitError(f"{archive}: member {name!r} appears twice")
+                        raise VitError(f"{archive}: member {name!r} appears twice; {_NOT_OURS}")
                     found[name] = member
             missing = sorted(wanted - found.keys())
             if missing:
-                raise VitError(f"{archive}: missing members {missing}; the archive is not the expected one")
+                raise VitError(f"{archive}: missing members {missing}; {_NOT_OURS}")
             root = dest.resolve()
             for name, member in found.items():  # archive order: gzip streams only seek forward cheaply
                 target = dest / name
-                target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.resolve().is_relative_to(root):
-                    # A symlinked folder already inside dest could point elsewhere.
-                    raise VitError(f"{archive}: member {name!r} would be written to {target.resolve()}, outside {root}")
+                    # A symlinked folder already inside dest could point elsewhere: check before creating folders.
+                    raise VitError(f"{archive}: member {name!r} would be written to {target.resolve()}, outside "
+                                   f"{root}; remove the link inside {dest} that leads there")
+                target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 with atomic_write(target) as f:
                     shutil.copyfileobj(source, f, _CHUNK)

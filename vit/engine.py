@@ -9,6 +9,8 @@ Files in the output folder (each written to a temporary name and renamed):
   args.json         the command line and every option
   state.pt          resume state: model, optimizer, epoch, step, metric history (tensors and plain
                     containers only: loads with torch.load(weights_only=True))
+  state.prev.pt     the resume state before it, which --resume auto falls back to if state.pt is
+                    missing or unreadable (e.g. the process was killed while replacing it)
   last.safetensors  the model after the last epoch; best.safetensors: the best validation accuracy
   metrics.csv       one row per epoch; curves.png: loss and accuracy per epoch
   results.json      final test accuracy, per-class accuracy, confusion matrix, parameters, time, img/s
@@ -46,7 +48,7 @@ from .formats import VitError, atomic_write
 from .model import VisionTransformer, param_groups
 from .weights import save_checkpoint
 
-STATE_FILE = "state.pt"
+STATE_FILE, PREV_STATE_FILE = "state.pt", "state.prev.pt"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -92,15 +94,28 @@ def fill_defaults(args: argparse.Namespace, recipe: dict) -> None:
             setattr(args, key, value)
 
 
-def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world_size: int) -> None:
-    """Refuses invalid combinations with an argparse error (exit 2)."""
+def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses invalid values and combinations with an argparse error (exit 2), before anything runs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     for name in ("epochs", "batch_size", "accum_steps", "save_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr <= 0:
-        parser.error("--lr must be > 0")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    for name in ("min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
+        parser.error(f"--clip-grad must be a finite number > 0, got {args.clip_grad}")
     if not 0.0 <= args.smoothing < 1.0:
         parser.error("--smoothing must be in [0, 1)")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.batch_size % (args.accum_steps * world_size):
         parser.error(f"--batch-size {args.batch_size} must be divisible by --accum-steps x processes "
                      f"({args.accum_steps} x {world_size})")
@@ -146,6 +161,8 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise VitError("--device cuda: no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise VitError("--device mps: no MPS device is available")
     device = torch.device(name)
     if name == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -373,14 +390,15 @@ def run_folder(args: argparse.Namespace, run_name: str, runs_dir: Path = Path("r
     """The output folder and the state.pt to resume from (None: a fresh start).
 
     --resume auto: the state in --output if given, else in the newest runs/<run_name>-* folder, else a
-    fresh start; --resume PATH: a run folder or its state.pt, which must exist. Without --output a new
-    run goes to runs/<run_name>-<timestamp>.
+    fresh start (a folder with only state.prev.pt counts: `resume_state` falls back to it); --resume PATH:
+    a run folder or its state.pt, which must exist. Without --output a new run goes to
+    runs/<run_name>-<timestamp>.
     """
     if args.resume == "auto":
         folders = [args.output] if args.output else sorted(runs_dir.glob(f"{run_name}-*"), key=os.path.getmtime)
-        states = [f / STATE_FILE for f in folders if (f / STATE_FILE).exists()]
-        if states:
-            return states[-1].parent, states[-1]
+        resumable = [f for f in folders if (f / STATE_FILE).exists() or (f / PREV_STATE_FILE).exists()]
+        if resumable:
+            return resumable[-1], resumable[-1] / STATE_FILE
     elif args.resume:
         path = Path(args.resume)
         path = path / STATE_FILE if path.is_dir() else path
@@ -409,11 +427,29 @@ def load_state(path: Path) -> dict:
     return state
 
 
+def resume_state(path: Path, auto: bool) -> tuple[dict, Path]:
+    """The resume state at `path` and the file it was read from.
+
+    With `auto` (--resume auto), a missing or unreadable state.pt gives way to the state.prev.pt that
+    save_state keeps beside it (one save older), saying so on stderr; an explicit path never does.
+    """
+    prev = path.with_name(PREV_STATE_FILE)
+    try:
+        return load_state(path), path
+    except VitError as e:
+        if not (auto and path.name == STATE_FILE and prev.exists()):
+            raise
+        print(f"warning: {e}; resuming from the previous state {prev} instead", file=sys.stderr)
+    return load_state(prev), prev
+
+
 def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
                history: list[dict]) -> None:
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                 "history": history}, buffer)
+    if path.exists():  # keep the last good state (atomically renamed) until the new one is in place
+        os.replace(path, path.with_name(PREV_STATE_FILE))
     with atomic_write(path) as f:
         f.write(buffer.getvalue())
 
@@ -471,7 +507,7 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
     history: list[dict] = []
     epoch = step = 0
     if resume_from is not None:
-        state = load_state(resume_from)
+        state, resume_from = resume_state(resume_from, auto=args.resume == "auto")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, step, history = state["epoch"], state["step"], state["history"]
@@ -479,6 +515,8 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
             print(f"resumed from {resume_from} after epoch {epoch}", file=sys.stderr)
     num_classes = len(data.classes)
     if args.eval_only:
+        if resume_from is None:
+            raise VitError(f"--eval-only --resume {args.resume}: no saved state found in {out}; nothing to evaluate")
         result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
         if rt.main:
             print(f"{data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images)")

@@ -128,7 +128,10 @@ def _read_idx_stream(path: Path, f: IO[bytes], size: int, compressed: bool) -> n
         raise VitError(f"{path}: truncated: header says {expected} data bytes, file has {got}")
     if f.read(1):  # bounded read: a gzip bomb stops one byte past what the header justifies
         raise VitError(f"{path}: trailing bytes after the {expected} data bytes the header declares")
-    array = data.view(dtype).reshape(shape)  # (nbytes,) -> (nbytes / itemsize,) -> header's shape
+    try:
+        array = data.view(dtype).reshape(shape)  # (nbytes,) -> (nbytes / itemsize,) -> header's shape
+    except ValueError as e:  # IDX allows 255 dims, numpy holds 64 (32 before numpy 2)
+        raise VitError(f"{path}: {ndim} dims: {e}") from None
     return array.astype(dtype.newbyteorder("="), copy=False)  # no copy for u8/i8
 
 

@@ -42,6 +42,7 @@ class ViTConfig:
     global_pool: str = "token"  # 'token' = class token's output, 'avg' = mean of the patch tokens
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm uses 1e-6; Hugging Face's ViT 1e-12)
     fused_attn: bool = True  # F.scaled_dot_product_attention; False = explicit softmax(q k^T / sqrt(d)) v
+    patch_dropout: float = 0.0  # training only: drop this fraction of each image's patch tokens (Liu et al., 2022)
 
     def __post_init__(self) -> None:
         choices = {
@@ -65,7 +66,7 @@ class ViTConfig:
             raise ValueError(f"pos_embed='sin' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -82,8 +83,8 @@ class ViTConfig:
 # Named configurations. The small ones are tuned for the datasets (see README "Results");
 # the */16 ones are timm's architectures, so their checkpoints load key for key.
 PRESETS: dict[str, dict] = {
-    "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
-                  mlp_ratio=2.0, patch_embed="manual", pos_embed="sin"),
+    "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=2,
+                  mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
     "cifar10": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3,
                     mlp_ratio=2.0, patch_embed="manual", pos_embed="sin"),
     "vit_tiny_patch16_224": dict(embed_dim=192, depth=12, num_heads=3),
@@ -309,7 +310,19 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        if self.training and self.cfg.patch_dropout > 0:
+            x = self.drop_patches(x)
         return self.pos_drop(x)
+
+    def drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """PatchDropout: keeps a random subset of each image's patch tokens, after the position
+        embedding is added (so every kept token still knows where it came from) and always the class
+        token. Fewer tokens make a training step cheaper: (B, 1 + N, D) -> (B, 1 + K, D)."""
+        B, N, D = x.shape[0], x.shape[1] - 1, x.shape[2]
+        keep = max(1, round(N * (1.0 - self.cfg.patch_dropout)))
+        idx = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep] + 1  # (B, K) kept token positions
+        patches = x.gather(1, idx.unsqueeze(-1).expand(B, keep, D))  # (B, 1 + N, D) -> (B, K, D)
+        return torch.cat([x[:, :1], patches], dim=1)  # (B, 1 + K, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised output tokens (B, 1 + N, D)."""

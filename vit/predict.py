@@ -49,7 +49,9 @@ def open_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img
-    except (OSError, Image.DecompressionBombError) as e:  # missing, unreadable or not an image
+    except Exception as e:
+        # Pillow raises many types on bad input (OSError, ValueError, SyntaxError, DecompressionBombError...);
+        # for the user they all mean "this file is missing, unreadable or not a usable image".
         raise VitError(f"{path}: cannot read the image: {e}") from None
 
 
