@@ -13,6 +13,8 @@ def test_flops_grow_with_tokens_and_depth():
     small = ViTConfig(**PRESETS["mnist"])
     assert vit_flops(ViTConfig(**{**PRESETS["mnist"], "depth": 2 * small.depth})) > 1.9 * vit_flops(small)
     assert vit_flops(ViTConfig(**{**PRESETS["mnist"], "patch_size": 7})) < vit_flops(small) / 2
+    # PatchDropout 0.5 keeps 25 of MNIST's 49 patch tokens in training only
+    assert small.patch_dropout == 0.5 and vit_flops(small, train=True) < 0.6 * vit_flops(small)
 
 
 def test_step_rate_runs_a_training_step():

@@ -144,9 +144,11 @@ def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def vit_flops(cfg: ViTConfig) -> float:
-    """Forward multiply-add FLOPs of one image (matmuls and attention; norms and activations ignored)."""
-    n, d, hidden = cfg.num_patches + 1, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+def vit_flops(cfg: ViTConfig, train: bool = False) -> float:
+    """Forward multiply-add FLOPs of one image (matmuls and attention; norms and activations ignored).
+    In training, PatchDropout leaves 1 + round(N * (1 - patch_dropout)) tokens after the embedding."""
+    kept = round(cfg.num_patches * (1 - cfg.patch_dropout)) if train and cfg.patch_dropout > 0 else cfg.num_patches
+    n, d, hidden = kept + 1, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
     block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
     patch = 2 * cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * d
     return cfg.depth * block + patch + 2 * d * max(cfg.num_classes, 0)
@@ -192,7 +194,7 @@ def bench_model(args: argparse.Namespace) -> None:
         for fused in (False, True):
             cfg = ViTConfig(**{**PRESETS[preset], "fused_attn": fused})
             rates.append(_step_rate(cfg, batch, args.steps, train=mode == "train"))
-        gflop = vit_flops(cfg) * (3 if mode == "train" else 1) / 1e9
+        gflop = vit_flops(cfg, train=mode == "train") * (3 if mode == "train" else 1) / 1e9
         best = max(rates)
         rows.append((preset, mode, str(batch), f"{rates[0]:.1f}", f"{rates[1]:.1f}", f"{rates[0] / rates[1]:.2f}x",
                      f"{gflop * best:.0f}", f"{100 * gflop * best / peak:.0f}%"))
@@ -214,7 +216,7 @@ def bench_train(args: argparse.Namespace) -> None:
         augment = batch_augment(recipe["aug"])
         fp32 = _step_rate(cfg, recipe["batch_size"], args.steps, True, augment=augment)
         bf16 = _step_rate(cfg, recipe["batch_size"], max(1, args.steps // 4), True, amp=True, augment=augment)
-        gflops = 3 * vit_flops(cfg) * fp32 / 1e9
+        gflops = 3 * vit_flops(cfg, train=True) * fp32 / 1e9
         rows.append((data, f"{sum(p.numel() for p in VisionTransformer(cfg).parameters()) / 1e6:.2f}M",
                      str(recipe["batch_size"]), f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x",
                      f"{gflops:.0f}", f"{100 * gflops / peak:.0f}%", f"{60_000 / fp32 if data == 'mnist' else 50_000 / fp32:.0f}"))
