@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
                        std=WEIGHTS_STD, jitter=args.jitter)
     model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size,
                                   num_classes=len(data.classes), keep_head=args.keep_head, patch_embed=args.patch,
-                                  drop_path_rate=args.drop_path, fused_attn=rt.device.type == "cuda")
+                                  drop_path_rate=args.drop_path)
     if args.freeze:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")
