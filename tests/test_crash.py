@@ -280,3 +280,12 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     last, _ = read_safetensors(out / "last.safetensors")
     for name, value in last.items():
         assert torch.isfinite(value).all() and torch.equal(value, state["model"][name]), name
+
+
+def test_resume_removes_files_left_by_a_killed_write(finished):
+    data, out = finished
+    stale = out / "state.pt.tmp-999999"
+    stale.write_bytes(b"half of a state")
+    _run(data, out, 3, "--resume", "auto")
+    assert not stale.exists()
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 3

@@ -513,6 +513,8 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
         epoch, step, history = state["epoch"], state["step"], state["history"]
         if rt.main:
             print(f"resumed from {resume_from} after epoch {epoch}", file=sys.stderr)
+            for stale in out.glob("*.tmp-*"):  # half-written files of a killed run: never read, only in the way
+                stale.unlink(missing_ok=True)
     num_classes = len(data.classes)
     if args.eval_only:
         if resume_from is None:
