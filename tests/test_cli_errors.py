@@ -119,8 +119,9 @@ def test_train_unavailable_mps_is_a_message(tmp_path, capsys):
 
 
 def test_eval_only_without_a_state_is_an_error(tmp_path, capsys):
-    from test_crash import TINY, _mnist  # the tiny-data helpers of the crash tests (tests/ is on sys.path)
-    data = _mnist(tmp_path / "data")
+    from helpers import write_mnist  # tests/helpers.py (tests/ is on sys.path)
+    from test_crash import TINY
+    data = write_mnist(tmp_path / "data", n_test=32)
     code, err = _exit_code(train.main, ["--data", "mnist", "--data-dir", str(data), "--no-download", "--eval-only",
                                         "--resume", "auto", "--output", str(tmp_path / "none"), *TINY], capsys)
     assert code in (1, 2) and "--eval-only" in err

@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from vit import engine
-from vit.formats import VitError, read_safetensors, write_idx
+from vit.formats import VitError, read_safetensors
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,19 +38,6 @@ SUMMARY = re.compile(r"^epoch\s+(\d+)/(\d+)\s", re.M)  # the per-epoch line trai
 START_WINDOW_S = 4.0  # a kill anchored at the launch lands in imports, data loading or the first epochs
 EPOCH_WINDOW_S = 0.4  # a kill anchored at an epoch's summary line lands in the next epochs or their saves
 WAIT_S = 180.0  # bound on any one wait for a process: no test can hang
-
-
-def _mnist(root: Path, n_train: int = 96, n_test: int = 32) -> Path:
-    """MNIST-format files (raw IDX) under root/mnist: random dark images with a bright row at 2 * label + 4."""
-    rng = np.random.default_rng(0)
-    (root / "mnist").mkdir(parents=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = rng.integers(0, 30, (n, 28, 28), dtype=np.uint8)
-        images[np.arange(n), 2 * labels + 4] = 255
-        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte", images)
-        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte", labels)
-    return root
 
 
 def _launch(data: Path, out: Path, epochs: int, log: Path) -> tuple[subprocess.Popen, Path, Path]:
@@ -130,7 +117,7 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int, epochs: int) -> list[
     the last kill (or whenever a launch finishes before its kill, on a fast machine) the run goes to the
     end and is checked against an uninterrupted one. Returns a log line per kill point."""
     rng = random.Random(seed)
-    data = _mnist(tmp_path / "data")
+    data = write_mnist(tmp_path / "data", n_test=32)
     straight = tmp_path / "straight"
     train.main(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", str(epochs),
                 "--output", str(straight), *TINY])
@@ -195,7 +182,7 @@ def _run(data: Path, out: Path, epochs: int, *extra: str) -> dict:
 @pytest.fixture
 def finished(tmp_path) -> tuple[Path, Path]:
     """A 2-epoch run: (data folder, output folder with state.pt after epoch 2, state.prev.pt after epoch 1)."""
-    data = _mnist(tmp_path / "data")
+    data = write_mnist(tmp_path / "data", n_test=32)
     _run(data, tmp_path / "run", 2)
     return data, tmp_path / "run"
 
@@ -264,7 +251,7 @@ def test_resume_auto_with_both_states_damaged_names_both(finished, capsys):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    data, out = _mnist(tmp_path / "data"), tmp_path / "run"
+    data, out = write_mnist(tmp_path / "data", n_test=32), tmp_path / "run"
     real, calls = engine.soft_cross_entropy, []
 
     def nan_in_second_epoch(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:

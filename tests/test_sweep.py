@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vit import sweep
-from vit.formats import write_idx
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 TINY = ["--data-dir", "DATA", "--no-download", "--embed-dim", "16", "--depth", "1", "--heads", "2",
         "--batch-size", "32", "--workers", "0", "--threads", "1"]
@@ -20,20 +20,6 @@ TINY = ["--data-dir", "DATA", "--no-download", "--embed-dim", "16", "--depth", "
 @pytest.fixture(scope="module")
 def parser():
     return sweep.train_parser()
-
-
-def write_mnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:
-    """MNIST-format files whose class is readable from the image: a bright bar at row 2 * label + 4."""
-    rng = np.random.default_rng(0)
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = rng.integers(0, 30, (n, 28, 28), dtype=np.uint8)
-        images[np.arange(n), 2 * labels + 4] = 255
-        write_idx(folder / f"{split}-images-idx3-ubyte", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
-    return root
 
 
 # ------------------------------------------------------------------------------------------ grid
@@ -162,7 +148,7 @@ def test_per_value_statistics_for_the_charts(tmp_path):
 
 
 def test_tiny_sweep_records_failures_and_resumes(tmp_path, capsys):
-    data = write_mnist(tmp_path / "data")
+    data = write_mnist(tmp_path / "data", n_train=64, n_test=32)
     out = tmp_path / "sweep"
     argv = ["--data", "mnist", "--grid", "patch_size=7,14,5", "--epochs", "1", "--seeds", "1", "--output", str(out),
             "--"] + [str(data) if a == "DATA" else a for a in TINY]

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from vit import engine
-from vit.formats import read_safetensors, write_cifar_batch, write_idx
+from vit.formats import read_safetensors, write_cifar_batch
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -20,20 +21,6 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402  (a script at the repository root)
 
 TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
-
-
-def write_mnist(root: Path, n_train: int = 96, n_test: int = 64) -> Path:
-    """MNIST-format files whose class is readable from the image: a bright bar at row 2 * label."""
-    rng = np.random.default_rng(0)
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = rng.integers(0, 30, (n, 28, 28), dtype=np.uint8)
-        images[np.arange(n), 2 * labels + 4] = 255
-        write_idx(folder / f"{split}-images-idx3-ubyte", images)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress=False)
-    return root
 
 
 def write_cifar(root: Path, n: int = 20) -> Path:

@@ -12,10 +12,10 @@ from PIL import Image
 
 from vit import visualize
 from vit.engine import cli
-from vit.formats import write_idx
 from vit.model import ViTConfig, VisionTransformer, sincos_pos_embed
 from vit.plot import GRID_TITLE_H
 from vit.weights import save_checkpoint
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,19 +29,6 @@ def tiny_checkpoint(path: Path, **kw) -> Path:
     save_checkpoint(path, model, {"classes": json.dumps([f"digit {i}" for i in range(10)]),
                                   "mean": "[0.1307]", "std": "[0.3081]"})
     return path
-
-
-def write_mnist(root: Path, n: int = 12) -> Path:
-    """Tiny MNIST-format train and test files: noise with a bright bar at row 2 * label + 4."""
-    rng = np.random.default_rng(0)
-    (root / "mnist").mkdir(parents=True)
-    for split in ("train", "t10k"):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = rng.integers(0, 30, (n, 28, 28), dtype=np.uint8)
-        images[np.arange(n), 2 * labels + 4] = 255
-        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte", images)
-        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte", labels)
-    return root
 
 
 def write_png(path: Path, size: tuple[int, int] = (60, 45)) -> Path:
@@ -108,7 +95,7 @@ def test_image_with_learned_positions_writes_both_pngs(tmp_path, capsys):
 
 def test_mnist_test_image_with_sin_positions(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "sin.safetensors", pos_embed="sin", depth=1, num_heads=4)
-    data = write_mnist(tmp_path / "data")
+    data = write_mnist(tmp_path / "data", n_train=12, n_test=12)
     out = tmp_path / "viz"
     visualize.main(["--checkpoint", str(ckpt), "--data", "mnist", "--index", "7", "--data-dir", str(data),
                     "--no-download", "--output", str(out)])
@@ -148,7 +135,7 @@ def test_bad_inputs_are_messages_with_exit_1(tmp_path, capsys):
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello")
-    data = write_mnist(tmp_path / "data")
+    data = write_mnist(tmp_path / "data", n_train=12, n_test=12)
     rgb = tiny_checkpoint(tmp_path / "rgb.safetensors", img_size=32, in_chans=3)
     cases = [
         (["--checkpoint", str(garbage), "--image", str(png)], str(garbage)),
