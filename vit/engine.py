@@ -38,7 +38,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-
 from PIL import Image
 
 from . import plot
