@@ -480,6 +480,23 @@ def _case(fmt: str, seed: int, index: int, folder: Path) -> tuple[Path, str, int
     return path, f"{fmt} case {index} (seed {seed}): {'; '.join(steps)}", justified
 
 
+def attempt(read: Callable[[Path], object], path: Path, what: str, failures: list[str]) -> tuple[str, object]:
+    """One fuzz case: ('read', result), ('refused', None) for a VitError naming the file, or
+    ('failed', None) with the reason appended to `failures` (any other exception, or a hang)."""
+    try:
+        with deadline(CASE_DEADLINE_S):
+            return "read", read(path)
+    except VitError as e:
+        if str(path) in str(e):
+            return "refused", None
+        failures.append(f"{what}: VitError does not name the file: {e}")
+    except CaseTimeout as e:
+        failures.append(f"{what}: {e}")
+    except Exception as e:  # the point of the test: nothing but VitError may escape
+        failures.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+    return "failed", None
+
+
 def run_fuzz(fmt: str, cases: int, seed: int, folder: Path) -> tuple[int, int, list[str]]:
     """Run `cases` cases; return (accepted, refused, failures)."""
     _, _, read, check, _ = SPECS[fmt]
@@ -492,22 +509,12 @@ def run_fuzz(fmt: str, cases: int, seed: int, folder: Path) -> tuple[int, int, l
             path, what, justified = _case(fmt, seed, index, folder)
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
-            result = None
-            try:
-                with deadline(CASE_DEADLINE_S):
-                    result = read(path)
-            except VitError as e:
-                if str(path) not in str(e):
-                    failures.append(f"{what}: VitError does not name the file: {e}")
-                refused += 1
-            except CaseTimeout as e:
-                failures.append(f"{what}: {e}")
-            except Exception as e:  # the point of the test: nothing but VitError may escape
-                failures.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+            outcome, result = attempt(read, path, what, failures)
+            refused += outcome == "refused"
             peak = tracemalloc.get_traced_memory()[1] - base
             if peak > 2 * justified + SLACK:
                 failures.append(f"{what}: allocated {peak} bytes for a file that justifies {justified}")
-            if result is not None:
+            if outcome == "read":
                 try:
                     check(path, result)
                 except Exception as e:  # AssertionError, or the oracle tripping over what the reader let through
@@ -622,18 +629,9 @@ def run_image_fuzz(cases: int, seed: int, folder: Path) -> tuple[int, int, list[
         path.write_bytes(data)
         for reader in (_folder_decode, open_image):
             what = f"image case {index} (seed {seed}) via {reader.__name__}: {'; '.join(steps)}"
-            try:
-                with deadline(CASE_DEADLINE_S):
-                    reader(path)
-                accepted += 1
-            except VitError as e:
-                if str(path) not in str(e):
-                    failures.append(f"{what}: VitError does not name the file: {e}")
-                refused += 1
-            except CaseTimeout as e:
-                failures.append(f"{what}: {e}")
-            except Exception as e:  # the point of the test: nothing but VitError may escape
-                failures.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+            outcome, _ = attempt(reader, path, what, failures)
+            accepted += outcome == "read"
+            refused += outcome == "refused"
     return accepted, refused, failures
 
 
