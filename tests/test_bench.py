@@ -1,6 +1,6 @@
 """vit.bench: the FLOP count behind the achieved-vs-peak figures, and a quick run of a subcommand."""
 
-from vit.bench import _step_rate, main, vit_flops
+from vit.bench import _step_rate, embed_flops, main, vit_flops
 from vit.model import PRESETS, ViTConfig
 
 
@@ -15,6 +15,16 @@ def test_flops_grow_with_tokens_and_depth():
     assert vit_flops(ViTConfig(**{**PRESETS["mnist"], "patch_size": 7})) < vit_flops(small) / 2
     # PatchDropout 0.5 keeps 25 of MNIST's 49 patch tokens in training only
     assert small.patch_dropout == 0.5 and vit_flops(small, train=True) < 0.6 * vit_flops(small)
+
+
+def test_embedding_flops_count_the_real_layers():
+    cfg = ViTConfig(**PRESETS["cifar10"])  # 32 px, 4x4 patches, 3 channels
+    linear = 2 * cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * cfg.embed_dim
+    assert embed_flops(cfg) == linear  # manual: one Linear per patch
+    assert embed_flops(ViTConfig(**{**PRESETS["cifar10"], "patch_embed": "conv"})) == linear
+    # stem for P = 4 and D = 128: 3x3 stride-2 convs 3 -> 64 (16x16 out) and 64 -> 128 (8x8), then the 1x1 proj
+    stem = 2 * (16 * 16 * 64 * 3 * 9 + 8 * 8 * 128 * 64 * 9 + 8 * 8 * 128 * 128)
+    assert embed_flops(ViTConfig(**{**PRESETS["cifar10"], "patch_embed": "stem"})) == stem
 
 
 def test_step_rate_runs_a_training_step():

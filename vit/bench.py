@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 
 import torch.nn.functional as F
+from torch import nn
 
 from vit.augment import batch_augment
 from vit.data import ImageFolderDataset, folder_splits, load_tensor_dataset
 from vit.formats import VitError, read_safetensors, write_safetensors
-from vit.model import PRESETS, ViTConfig, VisionTransformer
+from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer
 from vit.weights import load_checkpoint
 
 _CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
@@ -144,14 +145,34 @@ def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def embed_flops(cfg: ViTConfig) -> float:
+    """Forward multiply-add FLOPs of the patch embedding for one image, counted on the real layers
+    (so a conv stem's 3x3 convolutions are included): 2 * outputs * inputs-per-output per layer."""
+    embed = PatchEmbed(cfg)
+    total = 0
+
+    def count(layer: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        per_output = layer.in_features if isinstance(layer, nn.Linear) else \
+            layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+        total += 2 * out.numel() * per_output
+
+    for layer in embed.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            layer.register_forward_hook(count)
+    with torch.no_grad():
+        embed.eval()(torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size))
+    return total
+
+
 def vit_flops(cfg: ViTConfig, train: bool = False) -> float:
-    """Forward multiply-add FLOPs of one image (matmuls and attention; norms and activations ignored).
-    In training, PatchDropout leaves 1 + round(N * (1 - patch_dropout)) tokens after the embedding."""
+    """Forward multiply-add FLOPs of one image (matmuls, convolutions and attention; norms and
+    activations ignored). In training, PatchDropout leaves 1 + round(N * (1 - patch_dropout)) tokens
+    after the embedding."""
     kept = round(cfg.num_patches * (1 - cfg.patch_dropout)) if train and cfg.patch_dropout > 0 else cfg.num_patches
     n, d, hidden = kept + 1, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
     block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    patch = 2 * cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * d
-    return cfg.depth * block + patch + 2 * d * max(cfg.num_classes, 0)
+    return cfg.depth * block + embed_flops(cfg) + 2 * d * max(cfg.num_classes, 0)
 
 
 def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = False,
@@ -211,7 +232,8 @@ def bench_train(args: argparse.Namespace) -> None:
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     rows = []
     cases = [("mnist", "mnist", {}), ("mnist", "mnist without PatchDropout", {"patch_dropout": 0.0}),
-             ("cifar10", "cifar10", {})]
+             ("cifar10", "cifar10", {}), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}),
+             ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"})]
     for data, label, change in cases:
         recipe = RECIPES[data]
         cfg = ViTConfig(**{**PRESETS[recipe["preset"]], **change})
