@@ -85,8 +85,8 @@ class ViTConfig:
 PRESETS: dict[str, dict] = {
     "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=2,
                   mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
-    "cifar10": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3,
-                    mlp_ratio=2.0, patch_embed="manual", pos_embed="sin"),
+    "cifar10": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+                    mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
     "vit_tiny_patch16_224": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch16_224": dict(embed_dim=768, depth=12, num_heads=12),
