@@ -459,8 +459,9 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def write_metrics(out: Path, history: list[dict]) -> None:
-    """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch)."""
+def write_metrics(out: Path, history: list[dict], val_name: str = "val") -> None:
+    """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch; the held-out
+    curve is labelled `val_name`, "test" for the datasets that evaluate on their test set)."""
     columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
@@ -471,10 +472,10 @@ def write_metrics(out: Path, history: list[dict]) -> None:
     epochs = [h["epoch"] for h in history]
     plot.charts(out / "curves.png", [
         {"series": {"train": (epochs, [h["train_loss"] for h in history]),
-                    "val": (epochs, [h["val_loss"] for h in history])},
+                    val_name: (epochs, [h["val_loss"] for h in history])},
          "title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy"},
         {"series": {"train": (epochs, [100 * h["train_acc"] for h in history]),
-                    "val": (epochs, [100 * h["val_acc"] for h in history])},
+                    val_name: (epochs, [100 * h["val_acc"] for h in history])},
          "title": "accuracy", "xlabel": "epoch", "ylabel": "%"},
     ])
 
@@ -553,7 +554,7 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
                 save_checkpoint(out / "best.safetensors", model, metadata)
             if epoch % args.save_every == 0 or epoch == args.epochs:
                 save_state(out / STATE_FILE, model, opt, epoch, step, history)
-            write_metrics(out, history)
+            write_metrics(out, history, data.val_name)
     if result is None:  # resumed a finished run: evaluate what it left
         result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
     train_seconds = sum(h["seconds"] for h in history)
