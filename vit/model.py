@@ -83,7 +83,7 @@ class ViTConfig:
 # Named configurations. The small ones are tuned for the datasets (see README "Results");
 # the */16 ones are timm's architectures, so their checkpoints load key for key.
 PRESETS: dict[str, dict] = {
-    "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=2,
+    "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
                   mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
     "cifar10": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4,
                     mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
