@@ -459,7 +459,7 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def write_metrics(out: Path, history: list[dict], val_name: str = "val") -> None:
+def write_metrics(out: Path, history: list[dict], val_name: str) -> None:
     """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch; the held-out
     curve is labelled `val_name`, "test" for the datasets that evaluate on their test set)."""
     columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
