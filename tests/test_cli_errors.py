@@ -72,6 +72,8 @@ NUMERIC_FLAGS_TRAIN = [  # (extra argv, the flag the message must name)
     (["--clip-grad", "-1"], "--clip-grad"),
     (["--mixup", "-1"], "--mixup"),
     (["--cutmix", "-1"], "--cutmix"),
+    (["--ema", "1"], "--ema"),
+    (["--ema", "nan"], "--ema"),
     (["--threads", "-1"], "--threads"),
     (["--seed", str(2**70)], "--seed"),
 ]

@@ -85,9 +85,42 @@ def test_learns_the_synthetic_task(tmp_path):
     assert results["test_acc"] >= 0.9
 
 
-def test_resume_after_an_interruption_equals_a_straight_run(tmp_path, monkeypatch):
+def test_ema_update_is_the_warmed_up_moving_average():
+    source = torch.nn.Linear(3, 2)
+    ema = engine.EMA(source, decay=0.99)
+    start = ema.model.weight.clone()
+    with torch.no_grad():
+        source.weight.add_(1.0)
+    ema.update(step=0)  # warm-up decay min(0.99, 1 / 10) = 0.1
+    torch.testing.assert_close(ema.model.weight, 0.1 * start + 0.9 * source.weight)
+    before = ema.model.weight.clone()
+    ema.update(step=10_000)  # past the warm-up: the decay itself
+    torch.testing.assert_close(ema.model.weight, 0.99 * before + 0.01 * source.weight)
+    assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_run_saves_and_reports_the_average(tmp_path):
     data = write_mnist(tmp_path / "data")
-    common = ["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--drop-path", "0.1"]
+    out = tmp_path / "run"
+    results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--ema", "0.9",
+                   "--output", str(out)])
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith(",raw_val_loss,raw_val_acc")
+    state = torch.load(out / "state.pt", weights_only=True)
+    saved, _ = read_safetensors(out / "last.safetensors")
+    for k, v in saved.items():  # the checkpoint holds the average, which differs from the trained weights
+        torch.testing.assert_close(v, state["ema"][k], atol=0, rtol=0)
+    assert not torch.equal(saved["head.weight"], state["model"]["head.weight"])
+    assert 0 <= results["raw_test_acc"] <= 1 and results["ema"] == 0.9
+    again = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--eval-only", "--resume", str(out)])
+    assert again["acc"] == results["test_acc"]  # --eval-only scores the average the run reported
+
+
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_resume_after_an_interruption_equals_a_straight_run(tmp_path, monkeypatch, extra):
+    data = write_mnist(tmp_path / "data")
+    common = ["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--drop-path", "0.1",
+              *extra]
     run(common + ["--output", str(tmp_path / "straight")])
 
     real_epoch, calls = engine.train_epoch, []

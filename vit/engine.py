@@ -1,17 +1,18 @@
 """The training loop that train.py and finetune.py share.
 
 `fit()` runs epochs of AdamW/SGD with warmup + cosine by step, label smoothing or mixup/cutmix soft
-targets, gradient clipping and accumulation, bf16 autocast and DDP; it evaluates every epoch, writes
-checkpoints, metrics and plots, and resumes exactly. Everything random in an epoch is seeded from
-(seed, epoch, rank), so resuming after epoch k replays epochs k+1... bit for bit on the CPU.
+targets, gradient clipping and accumulation, an EMA of the weights, bf16 autocast and DDP; it evaluates
+every epoch, writes checkpoints, metrics and plots, and resumes exactly. Everything random in an epoch
+is seeded from (seed, epoch, rank), so resuming after epoch k replays epochs k+1... bit for bit on the CPU.
 
 Files in the output folder (each written to a temporary name and renamed):
   args.json         the command line and every option
-  state.pt          resume state: model, optimizer, epoch, step, metric history (tensors and plain
-                    containers only: loads with torch.load(weights_only=True))
+  state.pt          resume state: model, optimizer, epoch, step, metric history and, with --ema, the
+                    averaged weights (tensors and plain containers only: torch.load(weights_only=True))
   state.prev.pt     the resume state before it, which --resume auto falls back to if state.pt is
                     missing or unreadable (e.g. the process was killed while replacing it)
-  last.safetensors  the model after the last epoch; best.safetensors: the best validation accuracy
+  last.safetensors  the model after the last epoch (with --ema: the average); best.safetensors: the
+                    best validation accuracy
   metrics.csv       one row per epoch; curves.png: loss and accuracy per epoch
   results.json      final test accuracy, per-class accuracy, confusion matrix, parameters, time, img/s
 """
@@ -19,6 +20,7 @@ Files in the output folder (each written to a temporary name and renamed):
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -71,6 +73,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     o.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
     o.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    o.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights, evaluated and saved in their place (0 = off)")
     s = parser.add_argument_group("system")
     s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -101,6 +105,8 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema must be in [0, 1), got {args.ema}")
     for name in ("min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
@@ -197,6 +203,26 @@ def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> fl
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    """An exponential moving average of a model's weights (timm's ModelEmaV3 convention).
+
+    After each optimizer step: ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + step) /
+    (10 + step)), so early averages are not anchored to the random initial weights; buffers are
+    copied as they are. `model` is the averaged copy, kept in eval mode and never trained.
+    """
+
+    def __init__(self, source: nn.Module, decay: float):
+        self.source, self.decay = source, decay
+        self.model = copy.deepcopy(source).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in self.source.parameters()], 1 - d)
+        for mine, theirs in zip(self.model.buffers(), self.source.buffers()):
+            mine.copy_(theirs)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -315,8 +341,10 @@ class Diverged(RuntimeError):
 
 
 def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, args: argparse.Namespace,
-                rt: Runtime, epoch: int, step: int, total_steps: int, warmup_steps: int) -> tuple[dict, int]:
-    """One pass over the training data; returns (metrics summed over processes, next step)."""
+                rt: Runtime, epoch: int, step: int, total_steps: int, warmup_steps: int,
+                ema: EMA | None = None) -> tuple[dict, int]:
+    """One pass over the training data, updating `ema` after every step; returns (metrics summed over
+    processes, next step)."""
     model.train()
     generator = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, rt.rank))
     torch.manual_seed(epoch_seed(args.seed, epoch, rt.rank))  # dropout and drop-path draw from here
@@ -346,6 +374,8 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, args: 
             nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(step)
         step += 1
         if progress.due(i + 1):
             mean_loss = (sums[0] / sums[2]).item()
@@ -443,10 +473,13 @@ def resume_state(path: Path, auto: bool) -> tuple[dict, Path]:
 
 
 def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
-               history: list[dict]) -> None:
+               history: list[dict], ema: EMA | None) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                "history": history}, buffer)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+             "history": history}
+    if ema is not None:
+        state["ema"] = ema.model.state_dict()
+    torch.save(state, buffer)
     if path.exists():  # keep the last good state (atomically renamed) until the new one is in place
         os.replace(path, path.with_name(PREV_STATE_FILE))
     with atomic_write(path) as f:
@@ -463,6 +496,8 @@ def write_metrics(out: Path, history: list[dict], val_name: str) -> None:
     """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch; the held-out
     curve is labelled `val_name`, "test" for the datasets that evaluate on their test set)."""
     columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
+    if any("raw_val_acc" in h for h in history):  # --ema: val_* score the average, raw_val_* the trained weights
+        columns += ["raw_val_loss", "raw_val_acc"]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -470,13 +505,16 @@ def write_metrics(out: Path, history: list[dict], val_name: str) -> None:
     with atomic_write(out / "metrics.csv", "w") as f:
         f.write(text.getvalue())
     epochs = [h["epoch"] for h in history]
+    accuracy = {"train": (epochs, [100 * h["train_acc"] for h in history]),
+                val_name: (epochs, [100 * h["val_acc"] for h in history])}
+    raw = [h for h in history if "raw_val_acc" in h]
+    if raw:
+        accuracy[f"{val_name}, without EMA"] = ([h["epoch"] for h in raw], [100 * h["raw_val_acc"] for h in raw])
     plot.charts(out / "curves.png", [
         {"series": {"train": (epochs, [h["train_loss"] for h in history]),
                     val_name: (epochs, [h["val_loss"] for h in history])},
          "title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy"},
-        {"series": {"train": (epochs, [100 * h["train_acc"] for h in history]),
-                    val_name: (epochs, [100 * h["val_acc"] for h in history])},
-         "title": "accuracy", "xlabel": "epoch", "ylabel": "%"},
+        {"series": accuracy, "title": "accuracy", "xlabel": "epoch", "ylabel": "%"},
     ])
 
 
@@ -486,8 +524,9 @@ def versions() -> dict:
 
 
 def summary_line(h: dict, epochs: int, val_name: str) -> str:
+    raw = f" (without EMA {100 * h['raw_val_acc']:6.2f}%)" if "raw_val_acc" in h else ""
     return (f"epoch {h['epoch']:>3}/{epochs}  lr {h['lr']:.2e}  train loss {h['train_loss']:.4f} "
-            f"acc {100 * h['train_acc']:6.2f}%  {val_name} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%  "
+            f"acc {100 * h['train_acc']:6.2f}%  {val_name} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%{raw}  "
             f"{h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
 
 
@@ -506,6 +545,7 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
     opt = build_optimizer(model, args)
     history: list[dict] = []
     epoch = step = 0
+    state = None
     if resume_from is not None:
         state, resume_from = resume_state(resume_from, auto=args.resume == "auto")
         model.load_state_dict(state["model"])
@@ -515,11 +555,20 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
             print(f"resumed from {resume_from} after epoch {epoch}", file=sys.stderr)
             for stale in out.glob("*.tmp-*"):  # half-written files of a killed run: never read, only in the way
                 stale.unlink(missing_ok=True)
+    # --eval-only scores the average whenever the run kept one: that is what it reported
+    has_ema = state is not None and "ema" in state
+    ema = EMA(model, args.ema) if args.ema > 0 or (args.eval_only and has_ema) else None
+    if ema is not None and has_ema:
+        ema.model.load_state_dict(state["ema"])
+    elif ema is not None and state is not None and rt.main:
+        print(f"warning: {resume_from} holds no EMA weights; the average starts from the resumed weights",
+              file=sys.stderr)
+    scored = model if ema is None else ema.model  # the weights evaluated, saved and reported
     num_classes = len(data.classes)
     if args.eval_only:
         if resume_from is None:
             raise VitError(f"--eval-only --resume {args.resume}: no saved state found in {out}; nothing to evaluate")
-        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+        result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt)
         if rt.main:
             print(f"{data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images)")
         return result
@@ -540,23 +589,26 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
     result = None
     while epoch < args.epochs:
         try:
-            stats, step = train_epoch(net, data, opt, args, rt, epoch, step, total_steps, warmup_steps)
+            stats, step = train_epoch(net, data, opt, args, rt, epoch, step, total_steps, warmup_steps, ema)
         except Diverged as e:
             raise VitError(f"training diverged: {e}; the last good checkpoint is kept in {out}") from None
-        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+        result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt)
         epoch += 1
         history.append({"epoch": epoch, **stats, "val_loss": result["loss"], "val_acc": result["acc"]})
+        if ema is not None:  # the trained weights themselves, to show what the average adds
+            raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+            history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
         if rt.main:
             print(summary_line(history[-1], args.epochs, data.val_name), flush=True)
-            save_checkpoint(out / "last.safetensors", model, metadata)
+            save_checkpoint(out / "last.safetensors", scored, metadata)
             if result["acc"] > best:
                 best = result["acc"]
-                save_checkpoint(out / "best.safetensors", model, metadata)
+                save_checkpoint(out / "best.safetensors", scored, metadata)
             if epoch % args.save_every == 0 or epoch == args.epochs:
-                save_state(out / STATE_FILE, model, opt, epoch, step, history)
+                save_state(out / STATE_FILE, model, opt, epoch, step, history, ema)
             write_metrics(out, history, data.val_name)
     if result is None:  # resumed a finished run: evaluate what it left
-        result = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+        result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt)
     train_seconds = sum(h["seconds"] for h in history)
     results = {
         "test_acc": result["acc"], "test_loss": result["loss"], "test_images": result["count"],
@@ -566,7 +618,10 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
         "wall_seconds_this_process": time.perf_counter() - run_start,
         "train_img_per_s": sum(h["img_per_s"] * h["seconds"] for h in history) / max(train_seconds, 1e-9),
         "device": str(rt.device), "processes": rt.world_size, "command": " ".join(sys.argv), "versions": versions(),
+        "ema": args.ema,
     }
+    if "raw_val_acc" in history[-1]:
+        results["raw_test_acc"] = history[-1]["raw_val_acc"]
     if rt.main:
         write_json(out / "results.json", results)
         plot.heatmap(out / "confusion.png", result["confusion"], data.classes, data.classes,
