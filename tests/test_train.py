@@ -156,6 +156,15 @@ def test_eval_only_reproduces_the_stored_accuracy(tmp_path, capsys):
     assert f"test accuracy {100 * results['test_acc']:.2f}%" in capsys.readouterr().out
 
 
+def test_attention_is_explicit_on_the_cpu_unless_asked():
+    def fused(argv: list[str], device: str) -> bool:
+        p, args = train.parse_args(["--data", "mnist", *argv])
+        return train.model_config(p, args, torch.device(device)).fused_attn
+
+    assert not fused([], "cpu") and fused([], "cuda")
+    assert fused(["--attn", "fused"], "cpu") and not fused(["--attn", "explicit"], "cuda")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--data", "imagenet"], "neither one of mnist, fashion-mnist, cifar10 nor a folder"),
     (["--data", "mnist", "--patch-size", "5"], "img_size 28 is not a multiple of patch_size 5"),

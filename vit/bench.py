@@ -231,12 +231,15 @@ def bench_train(args: argparse.Namespace) -> None:
     peak = matmul_peak(args.threads)
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     rows = []
+    # each recipe as train.py runs it on the CPU (explicit attention), then with one lever undone
     cases = [("mnist", "mnist", {}), ("mnist", "mnist without PatchDropout", {"patch_dropout": 0.0}),
+             ("mnist", "mnist with fused attention", {"fused_attn": True}),
              ("cifar10", "cifar10", {}), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}),
+             ("cifar10", "cifar10 with fused attention", {"fused_attn": True}),
              ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"})]
     for data, label, change in cases:
         recipe = RECIPES[data]
-        cfg = ViTConfig(**{**PRESETS[recipe["preset"]], **change})
+        cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False, **change})
         augment = batch_augment(recipe["aug"])
         fp32 = _step_rate(cfg, recipe["batch_size"], args.steps, True, augment=augment)
         bf16 = _step_rate(cfg, recipe["batch_size"], max(1, args.steps // 4), True, amp=True, augment=augment)
