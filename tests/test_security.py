@@ -22,11 +22,12 @@ def _tree(path: Path) -> ast.Module:
 
 
 def _name(node: ast.expr) -> str:
-    """'torch.load' for the expression torch.load, 'eval' for eval; '' for anything else."""
+    """'torch.load' for the expression torch.load, 'eval' for eval, '().eval' for a method of any other
+    expression (`copy.deepcopy(m).eval` is a module's eval, not the builtin); '' for anything else."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
-        return f"{_name(node.value)}.{node.attr}".lstrip(".")
+        return f"{_name(node.value) or '()'}.{node.attr}"
     return ""
 
 
