@@ -28,13 +28,13 @@ from vit.model import PRESETS, ViTConfig, VisionTransformer
 # Per-dataset defaults: what `python train.py --data NAME` runs. Tuned on a 2-core CPU (README "Results").
 RECIPES = {
     "mnist": dict(preset="mnist", epochs=12, batch_size=64, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05,
-                  smoothing=0.0, aug="mnist", drop_path=0.0),
+                  smoothing=0.0, aug="mnist", drop_path=0.0, unmasked_epochs=0),
     "fashion-mnist": dict(preset="mnist", epochs=10, batch_size=256, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
-                          smoothing=0.1, aug="flip", drop_path=0.0),
+                          smoothing=0.1, aug="flip", drop_path=0.0, unmasked_epochs=0),
     "cifar10": dict(preset="cifar10", epochs=16, batch_size=128, lr=2e-3, warmup_epochs=1, weight_decay=0.05,
-                    smoothing=0.1, aug="cifar", drop_path=0.0),
+                    smoothing=0.1, aug="cifar", drop_path=0.0, unmasked_epochs=0),
     "folder": dict(preset="vit_tiny_patch16_224", epochs=30, batch_size=64, lr=5e-4, warmup_epochs=2,
-                   weight_decay=0.05, smoothing=0.1, aug="rrc", drop_path=0.1),
+                   weight_decay=0.05, smoothing=0.1, aug="rrc", drop_path=0.1, unmasked_epochs=0),
 }
 FOLDER_AUGS = ("none", "rrc")  # per-image: eval-style resize only, or random-resized-crop + flip
 
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     m.add_argument("--pool", choices=("token", "avg"))
     m.add_argument("--drop", type=float, help="dropout rate")
     m.add_argument("--patch-dropout", type=float, help="training only: fraction of patch tokens dropped per image")
+    m.add_argument("--unmasked-epochs", type=int, help="train the last N epochs on all tokens, without PatchDropout")
     m.add_argument("--attn", choices=("auto", "fused", "explicit"), default="auto",
                    help="F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v; "
                         "auto: explicit on the CPU (faster there for these small models, README), else fused")
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     if not 0.0 < args.val_fraction < 1.0:
         p.error("--val-fraction must be in (0, 1)")
+    if not 0 <= args.unmasked_epochs <= args.epochs:
+        p.error(f"--unmasked-epochs must be in [0, --epochs], got {args.unmasked_epochs}")
     return p, args
 
 

@@ -189,3 +189,5 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_subset_in_training_onl
         assert (matches.sum(1) == 1).all() and (matches.sum(0) <= 1).all()
     with pytest.raises(ValueError, match=r"patch_dropout must be in \[0, 1\)"):
         tiny(patch_dropout=1.0)
+    model.train().patch_dropout = 0.0  # unmasked tuning: training on every token
+    torch.testing.assert_close(model.embed(images), full, atol=0, rtol=0)

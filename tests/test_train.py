@@ -156,6 +156,23 @@ def test_eval_only_reproduces_the_stored_accuracy(tmp_path, capsys):
     assert f"test accuracy {100 * results['test_acc']:.2f}%" in capsys.readouterr().out
 
 
+def test_unmasked_epochs_train_the_last_epochs_on_every_token(tmp_path, monkeypatch):
+    data = write_mnist(tmp_path / "data")
+    real_epoch, rates = engine.train_epoch, []
+
+    def record(model, *a, **kw):
+        rates.append(model.patch_dropout)
+        return real_epoch(model, *a, **kw)
+
+    monkeypatch.setattr(engine, "train_epoch", record)
+    out = tmp_path / "run"
+    run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "3", "--patch-dropout", "0.5",
+         "--unmasked-epochs", "2", "--output", str(out)])
+    assert rates == [0.5, 0.0, 0.0]
+    tensors, meta = read_safetensors(out / "last.safetensors")
+    assert json.loads(meta["config"])["patch_dropout"] == 0.5  # the config keeps the rate it was trained with
+
+
 def test_attention_is_explicit_on_the_cpu_unless_asked():
     def fused(argv: list[str], device: str) -> bool:
         p, args = train.parse_args(["--data", "mnist", *argv])
@@ -173,6 +190,8 @@ def test_attention_is_explicit_on_the_cpu_unless_asked():
     (["--data", "mnist", "--epochs", "0"], "--epochs must be >= 1"),
     (["--data", "mnist", "--batch-size", "30", "--accum-steps", "4"], "must be divisible by --accum-steps"),
     (["--data", "mnist", "--eval-only"], "--eval-only needs --resume"),
+    (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, --epochs]"),
+    (["--data", "mnist", "--unmasked-epochs", "-1"], "--unmasked-epochs must be in [0, --epochs]"),
 ])
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:

@@ -587,7 +587,9 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
     best = max((h["val_acc"] for h in history), default=-1.0)
     run_start = time.perf_counter()
     result = None
+    unmasked_from = args.epochs - getattr(args, "unmasked_epochs", 0)  # train.py's --unmasked-epochs
     while epoch < args.epochs:
+        model.patch_dropout = 0.0 if epoch >= unmasked_from else model.cfg.patch_dropout
         try:
             stats, step = train_epoch(net, data, opt, args, rt, epoch, step, total_steps, warmup_steps, ema)
         except Diverged as e:

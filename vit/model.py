@@ -267,6 +267,9 @@ class VisionTransformer(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
+        # PatchDropout's rate in training; a trainer may set it to 0 for the final epochs, so the model
+        # ends on all tokens, as it is tested (FLIP's "unmasked tuning", Li et al., 2023).
+        self.patch_dropout = cfg.patch_dropout
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
@@ -310,7 +313,7 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        if self.training and self.cfg.patch_dropout > 0:
+        if self.training and self.patch_dropout > 0:
             x = self.drop_patches(x)
         return self.pos_drop(x)
 
@@ -319,7 +322,7 @@ class VisionTransformer(nn.Module):
         embedding is added (so every kept token still knows where it came from) and always the class
         token. Fewer tokens make a training step cheaper: (B, 1 + N, D) -> (B, 1 + K, D)."""
         B, N, D = x.shape[0], x.shape[1] - 1, x.shape[2]
-        keep = max(1, round(N * (1.0 - self.cfg.patch_dropout)))
+        keep = max(1, round(N * (1.0 - self.patch_dropout)))
         idx = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep] + 1  # (B, K) kept token positions
         patches = x.gather(1, idx.unsqueeze(-1).expand(B, keep, D))  # (B, 1 + N, D) -> (B, K, D)
         return torch.cat([x[:, :1], patches], dim=1)  # (B, 1 + K, D)
