@@ -103,6 +103,8 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     for name in ("epochs", "batch_size", "accum_steps", "save_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= getattr(args, "unmasked_epochs", 0) <= args.epochs:  # train.py's --unmasked-epochs
+        parser.error(f"--unmasked-epochs must be in [0, --epochs], got {args.unmasked_epochs}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     if not 0.0 <= args.ema < 1.0:
