@@ -173,6 +173,20 @@ def test_unmasked_epochs_train_the_last_epochs_on_every_token(tmp_path, monkeypa
     assert json.loads(meta["config"])["patch_dropout"] == 0.5  # the config keeps the rate it was trained with
 
 
+def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "3", "--eval-every", "2",
+                   "--output", str(out)])
+    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
+    val_acc = rows[0].index("val_acc")
+    assert [r[val_acc] != "" for r in rows[1:]] == [False, True, True]
+    assert float(rows[3][val_acc]) == results["test_acc"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert ["test loss" in line for line in printed] == [False, True, True]
+    assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
+
+
 def test_attention_is_explicit_on_the_cpu_unless_asked():
     def fused(argv: list[str], device: str) -> bool:
         p, args = train.parse_args(["--data", "mnist", *argv])
@@ -188,6 +202,7 @@ def test_attention_is_explicit_on_the_cpu_unless_asked():
     (["--data", "mnist", "--aug", "rrc"], "--aug 'rrc' is not available for mnist data"),
     (["--data", "mnist", "--img-size", "32"], "--img-size applies to image folders only"),
     (["--data", "mnist", "--epochs", "0"], "--epochs must be >= 1"),
+    (["--data", "mnist", "--eval-every", "0"], "--eval-every must be >= 1"),
     (["--data", "mnist", "--batch-size", "30", "--accum-steps", "4"], "must be divisible by --accum-steps"),
     (["--data", "mnist", "--eval-only"], "--eval-only needs --resume"),
     (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, --epochs]"),

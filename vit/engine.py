@@ -88,6 +88,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--resume", help="'auto' (newest run of this name), a run folder or its state.pt")
     w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
     w.add_argument("--save-every", type=int, default=1, help="write the resume state every N epochs")
+    w.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
 
 
 def fill_defaults(args: argparse.Namespace, recipe: dict) -> None:
@@ -100,7 +101,7 @@ def fill_defaults(args: argparse.Namespace, recipe: dict) -> None:
 def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses invalid values and combinations with an argparse error (exit 2), before anything runs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    for name in ("epochs", "batch_size", "accum_steps", "save_every"):
+    for name in ("epochs", "batch_size", "accum_steps", "save_every", "eval_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 <= getattr(args, "unmasked_epochs", 0) <= args.epochs:  # train.py's --unmasked-epochs
@@ -494,9 +495,16 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
+def _series(history: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    """(epochs, values) of `key` over the epochs that have it (held-out scores exist on evaluated epochs only)."""
+    rows = [h for h in history if key in h]
+    return [h["epoch"] for h in rows], [scale * h[key] for h in rows]
+
+
 def write_metrics(out: Path, history: list[dict], val_name: str) -> None:
-    """metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch; the held-out
-    curve is labelled `val_name`, "test" for the datasets that evaluate on their test set)."""
+    """metrics.csv (one row per epoch; the val_* cells of epochs without an evaluation are empty) and
+    curves.png (loss and accuracy per epoch; the held-out curve is labelled `val_name`, "test" for the
+    datasets that evaluate on their test set)."""
     columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
     if any("raw_val_acc" in h for h in history):  # --ema: val_* score the average, raw_val_* the trained weights
         columns += ["raw_val_loss", "raw_val_acc"]
@@ -506,15 +514,11 @@ def write_metrics(out: Path, history: list[dict], val_name: str) -> None:
     writer.writerows(history)
     with atomic_write(out / "metrics.csv", "w") as f:
         f.write(text.getvalue())
-    epochs = [h["epoch"] for h in history]
-    accuracy = {"train": (epochs, [100 * h["train_acc"] for h in history]),
-                val_name: (epochs, [100 * h["val_acc"] for h in history])}
-    raw = [h for h in history if "raw_val_acc" in h]
-    if raw:
-        accuracy[f"{val_name}, without EMA"] = ([h["epoch"] for h in raw], [100 * h["raw_val_acc"] for h in raw])
+    accuracy = {"train": _series(history, "train_acc", 100), val_name: _series(history, "val_acc", 100)}
+    if "raw_val_acc" in columns:
+        accuracy[f"{val_name}, without EMA"] = _series(history, "raw_val_acc", 100)
     plot.charts(out / "curves.png", [
-        {"series": {"train": (epochs, [h["train_loss"] for h in history]),
-                    val_name: (epochs, [h["val_loss"] for h in history])},
+        {"series": {"train": _series(history, "train_loss"), val_name: _series(history, "val_loss")},
          "title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy"},
         {"series": accuracy, "title": "accuracy", "xlabel": "epoch", "ylabel": "%"},
     ])
@@ -526,10 +530,10 @@ def versions() -> dict:
 
 
 def summary_line(h: dict, epochs: int, val_name: str) -> str:
+    held_out = f"{val_name} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%" if "val_acc" in h else ""
     raw = f" (without EMA {100 * h['raw_val_acc']:6.2f}%)" if "raw_val_acc" in h else ""
     return (f"epoch {h['epoch']:>3}/{epochs}  lr {h['lr']:.2e}  train loss {h['train_loss']:.4f} "
-            f"acc {100 * h['train_acc']:6.2f}%  {val_name} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%{raw}  "
-            f"{h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
+            f"acc {100 * h['train_acc']:6.2f}%  {held_out}{raw}  {h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -586,7 +590,7 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "args.json", {"command": sys.argv, "args": {k: str(v) if isinstance(v, Path) else v
                                                                       for k, v in vars(args).items()}})
-    best = max((h["val_acc"] for h in history), default=-1.0)
+    best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
     run_start = time.perf_counter()
     result = None
     unmasked_from = args.epochs - getattr(args, "unmasked_epochs", 0)  # train.py's --unmasked-epochs
@@ -596,16 +600,19 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
             stats, step = train_epoch(net, data, opt, args, rt, epoch, step, total_steps, warmup_steps, ema)
         except Diverged as e:
             raise VitError(f"training diverged: {e}; the last good checkpoint is kept in {out}") from None
-        result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt)
         epoch += 1
-        history.append({"epoch": epoch, **stats, "val_loss": result["loss"], "val_acc": result["acc"]})
-        if ema is not None:  # the trained weights themselves, to show what the average adds
+        history.append({"epoch": epoch, **stats})
+        evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
+        if evaluated:
+            result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt)
+            history[-1].update(val_loss=result["loss"], val_acc=result["acc"])
+        if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
             raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
             history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
         if rt.main:
             print(summary_line(history[-1], args.epochs, data.val_name), flush=True)
             save_checkpoint(out / "last.safetensors", scored, metadata)
-            if result["acc"] > best:
+            if evaluated and result["acc"] > best:
                 best = result["acc"]
                 save_checkpoint(out / "best.safetensors", scored, metadata)
             if epoch % args.save_every == 0 or epoch == args.epochs:
