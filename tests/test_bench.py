@@ -1,5 +1,7 @@
 """vit.bench: the FLOP count behind the achieved-vs-peak figures, and a quick run of a subcommand."""
 
+import re
+
 from vit.bench import _step_rate, embed_flops, main, vit_flops
 from vit.model import PRESETS, ViTConfig
 
@@ -42,3 +44,17 @@ def test_model_benchmark_prints_a_table(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "fp32 matmul peak" in out and "explicit/fused" in out
     assert len([line for line in out.splitlines() if line.startswith(("mnist", "cifar10", "vit_base"))]) == 3
+
+
+def test_train_benchmark_has_one_row_per_lever(capsys, monkeypatch):
+    import vit.bench as bench
+    tiny = dict(embed_dim=32, depth=1, num_heads=2, img_size=16, patch_size=4, num_classes=10, patch_dropout=0.5)
+    for preset in ("mnist", "cifar10"):
+        monkeypatch.setitem(bench.PRESETS, preset, {**tiny, "in_chans": 1 if preset == "mnist" else 3})
+    monkeypatch.setattr(bench, "matmul_peak", lambda threads: 100.0)
+    main(["train", "--steps", "1", "--threads", "1"])
+    cells = [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines()]
+    rows = {row[0]: row for row in cells}
+    assert {"mnist", "mnist without PatchDropout", "mnist with fused attention", "mnist at batch 64", "cifar10",
+            "cifar10 without PatchDropout", "cifar10 with fused attention", "cifar10 --patch stem"} <= set(rows)
+    assert rows["mnist at batch 64"][2] == "64" and rows["mnist"][2] == "128"  # the recipe's batch

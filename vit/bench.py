@@ -231,21 +231,24 @@ def bench_train(args: argparse.Namespace) -> None:
     peak = matmul_peak(args.threads)
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     rows = []
-    # each recipe as train.py runs it on the CPU (explicit attention), then with one lever undone
-    cases = [("mnist", "mnist", {}), ("mnist", "mnist without PatchDropout", {"patch_dropout": 0.0}),
-             ("mnist", "mnist with fused attention", {"fused_attn": True}),
-             ("cifar10", "cifar10", {}), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}),
-             ("cifar10", "cifar10 with fused attention", {"fused_attn": True}),
-             ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"})]
-    for data, label, change in cases:
+    # each recipe as train.py runs it on the CPU (explicit attention), then with one lever undone:
+    # (data, label, model config change, batch size or None for the recipe's)
+    cases = [("mnist", "mnist", {}, None), ("mnist", "mnist without PatchDropout", {"patch_dropout": 0.0}, None),
+             ("mnist", "mnist with fused attention", {"fused_attn": True}, None),
+             ("mnist", "mnist at batch 64", {}, 64),
+             ("cifar10", "cifar10", {}, None), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}, None),
+             ("cifar10", "cifar10 with fused attention", {"fused_attn": True}, None),
+             ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"}, None)]
+    for data, label, change, batch in cases:
         recipe = RECIPES[data]
+        batch = batch or recipe["batch_size"]
         cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False, **change})
         augment = batch_augment(recipe["aug"])
-        fp32 = _step_rate(cfg, recipe["batch_size"], args.steps, True, augment=augment)
-        bf16 = _step_rate(cfg, recipe["batch_size"], max(1, args.steps // 4), True, amp=True, augment=augment)
+        fp32 = _step_rate(cfg, batch, args.steps, True, augment=augment)
+        bf16 = _step_rate(cfg, batch, max(1, args.steps // 4), True, amp=True, augment=augment)
         gflops = 3 * vit_flops(cfg, train=True) * fp32 / 1e9
         rows.append((label, f"{sum(p.numel() for p in VisionTransformer(cfg).parameters()) / 1e6:.2f}M",
-                     str(recipe["batch_size"]), f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x",
+                     str(batch), f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x",
                      f"{gflops:.0f}", f"{100 * gflops / peak:.0f}%", f"{60_000 / fp32 if data == 'mnist' else 50_000 / fp32:.0f}"))
     _table(("recipe", "params", "batch", "fp32 img/s", "bf16 img/s", "bf16/fp32", "GFLOP/s", "of peak",
             "s/epoch"), rows)
