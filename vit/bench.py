@@ -2,7 +2,8 @@
 
     python -m vit.bench data --data-dir ../shared/data [--folder PATH]
     python -m vit.bench model      # fwd+bwd img/s per preset, explicit vs fused attention, vs matmul peak
-    python -m vit.bench train      # a real training step (augment + model + AdamW) per recipe, fp32 vs bf16
+    python -m vit.bench train      # a real training step (augment + model + AdamW) per recipe, fp32 vs bf16,
+                                   # each recipe beside itself with one speed lever undone
     python -m vit.bench weights    # loading a ViT-B/16-size timm file vs reading its bytes; ViT-B/16 inference
 
 `data`: time to load MNIST (train+test) and CIFAR-10 (binary) into uint8 tensors against the floor
@@ -175,9 +176,10 @@ def vit_flops(cfg: ViTConfig, train: bool = False) -> float:
     return cfg.depth * block + embed_flops(cfg) + 2 * d * max(cfg.num_classes, 0)
 
 
-def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = False,
-               augment: Callable | None = None) -> float:
-    """Images/s of training steps (augment + forward + backward + AdamW) or of inference forwards."""
+def _stepper(cfg: ViTConfig, batch: int, train: bool, amp: bool = False,
+             augment: Callable | None = None) -> Callable[[], None]:
+    """One training step (augment + forward + backward + AdamW) or inference forward on a fixed random
+    batch, as a function; built and run once here so allocations and kernel choice are not timed."""
     torch.manual_seed(0)
     model = VisionTransformer(cfg).train(train)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -186,22 +188,31 @@ def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = 
     g = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        inputs = x.float() / 255
-        if augment is not None:
-            inputs = augment(inputs, g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = model(inputs)
-        if train:
-            F.cross_entropy(logits.float(), y).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train):
+            inputs = x.float() / 255
+            if augment is not None:
+                inputs = augment(inputs, g)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                logits = model(inputs)
+            if train:
+                F.cross_entropy(logits.float(), y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-    with torch.set_grad_enabled(train):
-        step()  # warm-up: allocations, kernel selection
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-    return batch * steps / (time.perf_counter() - start)
+    step()
+    return step
+
+
+def _run_steps(step: Callable[[], None], steps: int) -> None:
+    for _ in range(steps):
+        step()
+
+
+def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = False,
+               augment: Callable | None = None) -> float:
+    """Images/s of `steps` training steps or inference forwards (see _stepper)."""
+    (seconds,) = _best_times([partial(_run_steps, _stepper(cfg, batch, train, amp, augment), steps)], repeat=1)
+    return batch * steps / seconds
 
 
 def bench_model(args: argparse.Namespace) -> None:
@@ -239,12 +250,18 @@ def bench_train(args: argparse.Namespace) -> None:
              ("cifar10", "cifar10", {}, None), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}, None),
              ("cifar10", "cifar10 with fused attention", {"fused_attn": True}, None),
              ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"}, None)]
+    built = []
     for data, label, change, batch in cases:
         recipe = RECIPES[data]
         batch = batch or recipe["batch_size"]
         cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False, **change})
-        augment = batch_augment(recipe["aug"])
-        fp32 = _step_rate(cfg, batch, args.steps, True, augment=augment)
+        built.append((data, label, cfg, batch, batch_augment(recipe["aug"])))
+    # fp32 cases take turns, best of --repeat rounds each, so the ratios between rows see the same
+    # machine; this CPU's speed drifts by tens of percent within minutes
+    steppers = [_stepper(cfg, batch, True, augment=augment) for _, _, cfg, batch, augment in built]
+    seconds = _best_times([partial(_run_steps, step, args.steps) for step in steppers], args.repeat)
+    for (data, label, cfg, batch, augment), fp32_seconds in zip(built, seconds):
+        fp32 = batch * args.steps / fp32_seconds
         bf16 = _step_rate(cfg, batch, max(1, args.steps // 4), True, amp=True, augment=augment)
         gflops = 3 * vit_flops(cfg, train=True) * fp32 / 1e9
         rows.append((label, f"{sum(p.numel() for p in VisionTransformer(cfg).parameters()) / 1e6:.2f}M",
@@ -303,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
         sub.add_argument("--steps", type=int, default=steps, help="timed steps per case")
-        sub.add_argument("--repeat", type=int, default=3, help="timed loads (weights); the fastest is reported")
+        sub.add_argument("--repeat", type=int, default=3,
+                         help="timed rounds (train: all cases take turns; weights: loads); the fastest is reported")
         sub.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:
