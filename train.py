@@ -91,8 +91,8 @@ def model_config(p: argparse.ArgumentParser, args: argparse.Namespace, device: t
     """The preset, overridden by the data's image shape and by every model flag given; checked before
     any data is read. num_classes is a placeholder until the data is loaded."""
     in_chans, img_size = TENSOR_DATASETS.get(args.kind) or (3, PRESETS[args.preset].get("img_size", 224))
-    # On the CPU, torch's fused (flash) kernel was 1.2x slower for the MNIST and CIFAR-10 presets (head
-    # width 16-32) and gained nothing from a second thread; the explicit path's batched matmuls do.
+    # On the CPU, torch's fused (flash) kernel trained the MNIST preset 1.2-1.6x slower and CIFAR-10's
+    # 1.1x slower (head widths 16 and 32) and gained nothing from a second thread (README, Results).
     fused = args.attn == "fused" or (args.attn == "auto" and device.type != "cpu")
     values = {**PRESETS[args.preset], "in_chans": in_chans, "img_size": img_size, "fused_attn": fused}
     values.update({field: getattr(args, flag) for flag, field in MODEL_FLAGS.items() if getattr(args, flag) is not None})
