@@ -1,9 +1,10 @@
 """The training loop that train.py and finetune.py share.
 
 `fit()` runs epochs of AdamW/SGD with warmup + cosine by step, label smoothing or mixup/cutmix soft
-targets, gradient clipping and accumulation, an EMA of the weights, bf16 autocast and DDP; it evaluates
-every epoch, writes checkpoints, metrics and plots, and resumes exactly. Everything random in an epoch
-is seeded from (seed, epoch, rank), so resuming after epoch k replays epochs k+1... bit for bit on the CPU.
+targets, gradient clipping and accumulation, an EMA of the weights, bf16 autocast and DDP; it
+evaluates every --eval-every epochs, writes checkpoints, metrics and plots, and resumes exactly.
+Everything random in an epoch is seeded from (seed, epoch, rank), so resuming after epoch k replays
+epochs k+1... bit for bit on the CPU.
 
 Files in the output folder (each written to a temporary name and renamed):
   args.json         the command line and every option
@@ -542,9 +543,10 @@ def summary_line(h: dict, epochs: int, val_name: str) -> str:
 
 def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runtime, out: Path,
         resume_from: Path | None, extra_metadata: dict[str, str] | None = None) -> dict:
-    """Trains `model` for args.epochs (resuming from `resume_from`), evaluates on data.val each epoch,
-    writes the output folder on the main process, and returns the final results. Checkpoints carry
-    the class names, normalisation and command line in their metadata (plus `extra_metadata`)."""
+    """Trains `model` for args.epochs (resuming from `resume_from`), evaluates on data.val every
+    args.eval_every epochs and after the last, writes the output folder on the main process, and
+    returns the final results. Checkpoints carry the class names, normalisation and command line in
+    their metadata (plus `extra_metadata`)."""
     metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
                 "args": json.dumps(sys.argv), **(extra_metadata or {})}
     model.to(rt.device)
