@@ -23,7 +23,7 @@ from vit.weights import describe, load_checkpoint
 # Fine-tuning defaults: AdamW with layer-wise lr decay, a short warmup and light regularisation (as
 # BEiT/MAE fine-tune ViT-B); --opt sgd --lr 0.01 --weight-decay 0 is the ViT paper's recipe.
 RECIPE = dict(epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, weight_decay=0.05, smoothing=0.1, drop_path=0.1,
-              eval_every=1)
+              eval_every=1, tta="none")
 # timm's preprocessing for the augreg and Google ViT-B/16 weights: pixels scaled to [-1, 1].
 WEIGHTS_MEAN = WEIGHTS_STD = (0.5, 0.5, 0.5)
 

@@ -26,6 +26,7 @@ from vit.augment import (
     random_flip,
     random_translate,
     train_transform,
+    tta_views,
 )
 
 
@@ -211,6 +212,33 @@ def test_unknown_preset_lists_the_valid_names() -> None:
         batch_augment("nope")
     x = batch()
     assert batch_augment("none")(x, gen()) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_tta_shift_views_are_the_image_then_its_eight_one_pixel_shifts(dtype: torch.dtype) -> None:
+    x = torch.randint(1, 256, (2, 3, 5, 6)).to(dtype)  # no zeros, so the zero fill is visible
+    views = list(tta_views(x, "shift"))
+    assert len(views) == 9 and views[0] is x and all(v.dtype == dtype for v in views)
+    padded = F.pad(x, (1, 1, 1, 1))  # zero border
+    # every window of the padded image at offsets {0, 1, 2}^2: the image itself and its 8 shifts
+    windows = [padded[:, :, i:i + 5, j:j + 6] for i in range(3) for j in range(3)]
+    for view in views:
+        assert sum(torch.equal(view, w) for w in windows) == 1
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 9
+
+
+def test_tta_flip_views_and_unknown_names() -> None:
+    x = torch.rand(2, 1, 4, 4)
+    assert [v is x for v in tta_views(x, "none")] == [True]
+    flip = list(tta_views(x, "flip"))
+    assert len(flip) == 2 and torch.equal(flip[1], x.flip(3))
+    both = list(tta_views(x, "flip-shift"))
+    assert len(both) == 18 and both[0] is x and torch.equal(both[9], x.flip(3))
+    # the mirror's shifted views, mirrored back, are the image's shifted views (dx negated)
+    as_set = lambda views: {tuple(v.flatten().tolist()) for v in views}  # noqa: E731
+    assert as_set(v.flip(3) for v in both[9:]) == as_set(both[:9])
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rotate'; choose one of: none, flip, shift"):
+        next(tta_views(x, "rotate"))
 
 
 def test_cifar_preset_is_crop_then_flip() -> None:

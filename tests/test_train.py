@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import engine
+from vit import augment, engine
 from vit.formats import read_safetensors, write_cifar_batch
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
@@ -81,8 +81,29 @@ def test_cifar_binary_and_image_folder_run(tmp_path):
 def test_learns_the_synthetic_task(tmp_path):
     data = write_mnist(tmp_path / "data", n_train=640, n_test=100)
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "20", "--aug", "none",
-                   "--lr", "3e-3", "--output", str(tmp_path / "run")])
+                   "--lr", "3e-3", "--tta", "none", "--output", str(tmp_path / "run")])
     assert results["test_acc"] >= 0.9
+
+
+def test_evaluate_averages_the_probabilities_of_the_tta_views():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 4))  # sees every pixel shift
+    x, y = torch.rand(10, 2, 6, 6), torch.arange(10) % 4
+    loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    rt = engine.Runtime(torch.device("cpu"), amp=False)
+    plain = engine.evaluate(model, loader, lambda v: v * 2, 4, rt)
+    with torch.no_grad():
+        logits = model(x * 2)
+        views = [model(v * 2).softmax(-1) for v in augment.tta_views(x, "flip-shift")]
+    assert plain["acc"] == (logits.argmax(-1) == y).sum().item() / 10 and "single_acc" not in plain
+    assert plain["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    tta = engine.evaluate(model, loader, lambda v: v * 2, 4, rt, tta="flip-shift")
+    mean = torch.stack(views).mean(0)  # the probabilities are averaged, not the logits
+    assert tta["views"] == 18 and tta["count"] == 10
+    assert tta["acc"] == (mean.argmax(-1) == y).sum().item() / 10
+    assert tta["loss"] == pytest.approx(-mean[torch.arange(10), y].log().mean().item(), rel=1e-5)
+    assert (tta["single_acc"], tta["single_loss"]) == (plain["acc"], pytest.approx(plain["loss"], rel=1e-9))
+    assert sum(map(sum, tta["confusion"])) == 10 and tta["acc"] != plain["acc"]
 
 
 def test_ema_update_is_the_warmed_up_moving_average():
@@ -105,7 +126,7 @@ def test_ema_run_saves_and_reports_the_average(tmp_path):
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--ema", "0.9",
                    "--output", str(out)])
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert header.endswith(",raw_val_loss,raw_val_acc")
+    assert ",val_loss,val_acc," in header and ",raw_val_loss,raw_val_acc" in header
     state = torch.load(out / "state.pt", weights_only=True)
     saved, _ = read_safetensors(out / "last.safetensors")
     for k, v in saved.items():  # the checkpoint holds the average, which differs from the trained weights
@@ -179,11 +200,18 @@ def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path, capsys)
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "3", "--eval-every", "2",
                    "--output", str(out)])
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
-    val_acc = rows[0].index("val_acc")
+    val_acc, tta_acc = rows[0].index("val_acc"), rows[0].index("tta_val_acc")
     assert [r[val_acc] != "" for r in rows[1:]] == [False, True, True]
-    assert float(rows[3][val_acc]) == results["test_acc"]
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    # the recipe's --tta shift averages views in the last evaluation only; val_acc stays single-view
+    assert [r[tta_acc] != "" for r in rows[1:]] == [False, False, True] and results["tta"] == "shift"
+    assert float(rows[3][val_acc]) == results["single_view_test_acc"]
+    assert float(rows[3][tta_acc]) == results["test_acc"]
+    out_lines = capsys.readouterr().out.splitlines()
+    printed = [line for line in out_lines if line.startswith("epoch")]
     assert ["test loss" in line for line in printed] == [False, True, True]
+    assert "with TTA" in printed[2] and "with TTA" not in printed[1]
+    assert (f"final test accuracy {100 * results['test_acc']:.2f}% (64 images) with --tta shift (9 views; "
+            f"{100 * results['single_view_test_acc']:.2f}% from the image alone)") in out_lines[-1]
     assert (out / "best.safetensors").exists() and (out / "curves.png").exists()
 
 

@@ -18,7 +18,7 @@ the same output, and the same random draws on CPU and GPU.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -236,6 +236,33 @@ def batch_augment(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.
     if name not in presets:
         raise ValueError(f"unknown batch augmentation {name!r}; choose one of: {', '.join(BATCH_PRESETS)}")
     return presets[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# test-time augmentation
+
+TTA_VIEWS = ("none", "flip", "shift", "flip-shift")  # names accepted by tta_views
+
+
+def tta_views(x: torch.Tensor, kind: str) -> Iterator[torch.Tensor]:
+    """The views of a (B, C, H, W) batch that test-time augmentation averages over, the batch itself first.
+
+    "none": x only; "flip": x and its left-right mirror; "shift": x and its 8 shifts by one pixel
+    (every (dy, dx) in {-1, 0, 1}^2 but (0, 0)), zero fill; "flip-shift": those 9 of x and of its
+    mirror (18). A patch-4 ViT sees a one-pixel shift as new patch contents, so these views differ
+    far more to it than to a CNN, which is why averaging them pays. Works on any dtype: uint8 pixels
+    get black borders, normalised inputs get the mean colour.
+    """
+    if kind not in TTA_VIEWS:
+        raise ValueError(f"unknown test-time augmentation {kind!r}; choose one of: {', '.join(TTA_VIEWS)}")
+    bases = (x, x.flip(3)) if "flip" in kind else (x,)
+    B = x.shape[0]
+    for base in bases:
+        yield base
+        if "shift" in kind:
+            for dy, dx in ((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)):
+                # _shift takes window offsets into the 1-pixel padded image: 1 + shift
+                yield _shift(base, torch.full((B,), 1 + dy, device=x.device), torch.full((B,), 1 + dx, device=x.device), 1)
 
 
 # --------------------------------------------------------------------------------------------------
