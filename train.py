@@ -27,8 +27,8 @@ from vit.model import PRESETS, ViTConfig, VisionTransformer
 
 # Per-dataset defaults: what `python train.py --data NAME` runs. Tuned on a 2-core CPU (README "Results").
 RECIPES = {
-    "mnist": dict(preset="mnist", epochs=11, batch_size=128, lr=2.8e-3, warmup_epochs=0.5, weight_decay=0.05,
-                  smoothing=0.0, aug="mnist", drop_path=0.0, unmasked_epochs=1, eval_every=4, tta="shift"),
+    "mnist": dict(preset="mnist", epochs=10, batch_size=128, lr=2.8e-3, warmup_epochs=0.5, weight_decay=0.05,
+                  smoothing=0.0, aug="mnist", drop_path=0.0, unmasked_epochs=1, eval_every=5, tta="shift"),
     "fashion-mnist": dict(preset="mnist", epochs=10, batch_size=256, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
                           smoothing=0.1, aug="flip", drop_path=0.0, unmasked_epochs=0, eval_every=1,
                           tta="none"),
