@@ -249,6 +249,7 @@ def test_attention_is_explicit_on_the_cpu_unless_asked():
     (["--data", "mnist", "--eval-only"], "--eval-only needs --resume"),
     (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, --epochs]"),
     (["--data", "mnist", "--unmasked-epochs", "-1"], "--unmasked-epochs must be in [0, --epochs]"),
+    (["--data", "mnist", "--tta", "rotate"], "--tta: invalid choice: 'rotate' (choose from"),
 ])
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
