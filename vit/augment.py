@@ -256,13 +256,15 @@ def tta_views(x: torch.Tensor, kind: str) -> Iterator[torch.Tensor]:
     if kind not in TTA_VIEWS:
         raise ValueError(f"unknown test-time augmentation {kind!r}; choose one of: {', '.join(TTA_VIEWS)}")
     bases = (x, x.flip(3)) if "flip" in kind else (x,)
-    B = x.shape[0]
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)] if "shift" in kind else []
+
+    def offset(shift: int) -> torch.Tensor:  # _shift takes window offsets into the 1-pixel padded image
+        return torch.full((x.shape[0],), 1 + shift, device=x.device)
+
     for base in bases:
         yield base
-        if "shift" in kind:
-            for dy, dx in ((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)):
-                # _shift takes window offsets into the 1-pixel padded image: 1 + shift
-                yield _shift(base, torch.full((B,), 1 + dy, device=x.device), torch.full((B,), 1 + dx, device=x.device), 1)
+        for dy, dx in shifts:
+            yield _shift(base, offset(dy), offset(dx), 1)
 
 
 # --------------------------------------------------------------------------------------------------

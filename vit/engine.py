@@ -422,13 +422,15 @@ def evaluate(model: nn.Module, loader: Iterable, prepare: Callable, num_classes:
             confusion[row] += torch.bincount(y * num_classes + lp.argmax(-1), minlength=num_classes**2)
     rt.all_reduce(loss_sum)
     rt.all_reduce(confusion)
-    loss_sum, confusion = loss_sum.tolist(), confusion.reshape(2, num_classes, num_classes).cpu()  # (2, K*K) -> (2, K, K)
+    loss_sum = loss_sum.tolist()
+    confusion = confusion.reshape(2, num_classes, num_classes).cpu()  # (2, K*K) -> (2, K, K)
     n = max(confusion[0].sum().item(), 1)
     result = {"loss": loss_sum[0] / n, "acc": confusion[0].diag().sum().item() / n,
               "per_class_acc": (confusion[0].diag() / confusion[0].sum(1).clamp(min=1)).tolist(),
               "confusion": confusion[0].long().tolist(), "count": int(confusion[0].sum().item())}
     if tta != "none":
-        result.update(views=len(log_probs), single_loss=loss_sum[1] / n, single_acc=confusion[1].diag().sum().item() / n)
+        result.update(views=len(log_probs), single_loss=loss_sum[1] / n,
+                      single_acc=confusion[1].diag().sum().item() / n)
     return result
 
 
@@ -605,7 +607,8 @@ def fit(model: VisionTransformer, data: Data, args: argparse.Namespace, rt: Runt
             raise VitError(f"--eval-only --resume {args.resume}: no saved state found in {out}; nothing to evaluate")
         result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, args.tta)
         if rt.main:
-            print(f"{data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images){tta_note(result, args.tta)}")
+            print(f"{data.val_name} accuracy {100 * result['acc']:.2f}% ({result['count']} images)"
+                  f"{tta_note(result, args.tta)}")
         return result
     net = model
     if rt.world_size > 1:
