@@ -417,7 +417,7 @@ def evaluate(model: nn.Module, loader: Iterable, prepare: Callable, num_classes:
                 log_probs.append(F.log_softmax(model(prepare(view)).float(), dim=-1))
         # log of the mean probability over V views: logsumexp over views - log V
         mean = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))  # (V, B, K) -> (B, K)
-        for row, lp in enumerate((mean, log_probs[0])):
+        for row, lp in enumerate((mean, log_probs[0]) if len(log_probs) > 1 else (mean,)):
             loss_sum[row] += F.nll_loss(lp, y, reduction="sum")
             confusion[row] += torch.bincount(y * num_classes + lp.argmax(-1), minlength=num_classes**2)
     rt.all_reduce(loss_sum)
