@@ -404,8 +404,8 @@ def evaluate(model: nn.Module, loader: Iterable, prepare: Callable, num_classes:
     """Loss, accuracy and confusion matrix (rows = true class) over the loader, exact over processes.
 
     With `tta` (see augment.tta_views) the prediction is the mean of the views' softmax outputs and
-    the loss its negative log-likelihood; "single_acc" / "single_loss" then score the unaugmented
-    view from the same pass."""
+    the loss its negative log-likelihood; "views" then counts them and "single_acc" / "single_loss"
+    score the unaugmented view from the same pass."""
     model.eval()
     loss_sum = torch.zeros(2, device=rt.device, dtype=torch.float64)  # averaged views, first view alone
     confusion = torch.zeros(2, num_classes * num_classes, device=rt.device, dtype=torch.float64)
