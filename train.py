@@ -28,12 +28,14 @@ from vit.model import PRESETS, ViTConfig, VisionTransformer
 # Per-dataset defaults: what `python train.py --data NAME` runs. Tuned on a 2-core CPU (README "Results").
 RECIPES = {
     "mnist": dict(preset="mnist", epochs=10, batch_size=128, lr=2.8e-3, warmup_epochs=0.5, weight_decay=0.05,
-                  smoothing=0.0, aug="mnist", drop_path=0.0, unmasked_epochs=1, eval_every=5, tta="shift"),
+                  smoothing=0.0, aug="mnist", crop_padding=4, drop_path=0.0, unmasked_epochs=1, eval_every=5,
+                  tta="shift"),
     "fashion-mnist": dict(preset="mnist", epochs=10, batch_size=256, lr=1e-3, warmup_epochs=1, weight_decay=0.05,
-                          smoothing=0.1, aug="flip", drop_path=0.0, unmasked_epochs=0, eval_every=1,
-                          tta="none"),
+                          smoothing=0.1, aug="flip", crop_padding=4, drop_path=0.0, unmasked_epochs=0,
+                          eval_every=1, tta="none"),
     "cifar10": dict(preset="cifar10", epochs=26, batch_size=128, lr=2e-3, warmup_epochs=1, weight_decay=0.05,
-                    smoothing=0.1, aug="cifar", drop_path=0.0, unmasked_epochs=1, eval_every=5, tta="shift"),
+                    smoothing=0.1, aug="cifar", crop_padding=2, drop_path=0.0, unmasked_epochs=1, eval_every=5,
+                    tta="shift"),
     "folder": dict(preset="vit_tiny_patch16_224", epochs=30, batch_size=64, lr=5e-4, warmup_epochs=2,
                    weight_decay=0.05, smoothing=0.1, aug="rrc", drop_path=0.1, unmasked_epochs=0, eval_every=1,
                    tta="none"),
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     d.add_argument("--img-size", type=int, help="folders: training resolution (default: the preset's)")
     d.add_argument("--aug", help=f"augmentation: {', '.join(BATCH_PRESETS)} (tensor datasets); "
                                  f"{', '.join(FOLDER_AUGS)} (folders)")
+    d.add_argument("--crop-padding", type=int, help="tensor datasets: the random crop's zero padding in pixels "
+                                                    "(--aug cifar, crop)")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS), help="base architecture (default: the dataset's)")
     m.add_argument("--patch", choices=("manual", "conv", "stem"), help="patch embedding")
@@ -82,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     augs = FOLDER_AUGS if args.kind == "folder" else tuple(BATCH_PRESETS)
     if args.aug not in augs:
         p.error(f"--aug {args.aug!r} is not available for {args.kind} data; choose from {', '.join(augs)}")
+    if args.kind == "folder" and args.crop_padding is not None:
+        p.error("--crop-padding applies to MNIST, Fashion-MNIST and CIFAR-10 (folders use --aug rrc)")
+    if args.kind != "folder" and args.crop_padding < 0:
+        p.error(f"--crop-padding must be >= 0, got {args.crop_padding}")
     if args.img_size is not None and args.kind != "folder":
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     if not 0.0 < args.val_fraction < 1.0:

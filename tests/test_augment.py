@@ -241,11 +241,18 @@ def test_tta_flip_views_and_unknown_names() -> None:
         next(tta_views(x, "rotate"))
 
 
-def test_cifar_preset_is_crop_then_flip() -> None:
+@pytest.mark.parametrize("padding", [None, 2])
+def test_cifar_and_crop_presets_use_the_crop_padding(padding) -> None:
     x = batch(B=8)
+    kwargs, pad = ({}, 4) if padding is None else ({"crop_padding": padding}, padding)  # torchvision's 4 by default
     g = gen(9)
-    expected = random_flip(random_crop(x, 4, g), g)
-    assert torch.equal(batch_augment("cifar")(x, gen(9)), expected)
+    expected = random_flip(random_crop(x, pad, g), g)
+    assert torch.equal(batch_augment("cifar", **kwargs)(x, gen(9)), expected)
+    assert torch.equal(batch_augment("crop", **kwargs)(x, gen(9)), random_crop(x, pad, gen(9)))
+    other = 6 - pad  # 2 <-> 4: a different padding gives different windows
+    assert not torch.equal(batch_augment("crop", crop_padding=other)(x, gen(9)), random_crop(x, pad, gen(9)))
+    with pytest.raises(ValueError, match="crop padding must be >= 0, got -1"):
+        batch_augment("cifar", crop_padding=-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -250,12 +250,20 @@ def test_attention_is_explicit_on_the_cpu_unless_asked():
     (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, --epochs]"),
     (["--data", "mnist", "--unmasked-epochs", "-1"], "--unmasked-epochs must be in [0, --epochs]"),
     (["--data", "mnist", "--tta", "rotate"], "--tta: invalid choice: 'rotate' (choose from"),
+    (["--data", "cifar10", "--crop-padding", "-1"], "--crop-padding must be >= 0, got -1"),
 ])
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         train.main(argv + ["--data-dir", str(tmp_path), "--no-download"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_crop_padding_is_refused_for_folders(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(tmp_path), "--crop-padding", "2"])
+    assert e.value.code == 2
+    assert "--crop-padding applies to MNIST, Fashion-MNIST and CIFAR-10" in capsys.readouterr().err
 
 
 def test_missing_data_without_download_is_a_message_not_a_traceback(tmp_path):

@@ -255,7 +255,7 @@ def bench_train(args: argparse.Namespace) -> None:
         recipe = RECIPES[data]
         batch = batch or recipe["batch_size"]
         cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False, **change})
-        built.append((data, label, cfg, batch, batch_augment(recipe["aug"])))
+        built.append((data, label, cfg, batch, batch_augment(recipe["aug"], recipe["crop_padding"])))
     # fp32 cases take turns, best of --repeat rounds each, so the ratios between rows see the same
     # machine; this CPU's speed drifts by tens of percent within minutes
     steppers = [_stepper(cfg, batch, True, augment=augment) for _, _, cfg, batch, augment in built]

@@ -315,7 +315,7 @@ def tensor_data(args: argparse.Namespace, rt: Runtime, name: str) -> Data:
     # slower than 128, the attention maps no longer fitting in cache
     test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), per_process, shuffle=False, drop_last=False,
                         rank=rt.rank, world_size=rt.world_size)
-    augment, mix = batch_augment(args.aug), _mixer(args, len(ds.classes))
+    augment, mix = batch_augment(args.aug, args.crop_padding), _mixer(args, len(ds.classes))
 
     def prepare_train(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = augment(x.float() / 255, g)  # on [0, 1], so padding and fill are black
