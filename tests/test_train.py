@@ -286,7 +286,7 @@ def test_divergence_stops_with_a_message(tmp_path, capsys):
 def test_ddp_two_processes_match_a_single_process_evaluation(tmp_path):
     data = write_mnist(tmp_path / "data", n_train=128, n_test=67)  # odd test count: no padding duplicates
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crashing rank prints its stack
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train.py"), "--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1",
            "--output", str(out), "--tta", "none"] + TINY

@@ -188,7 +188,12 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
 
 
 def shutdown(rt: Runtime) -> None:
+    """Ends a DDP job: the processes wait for each other, then close their connections together."""
     if rt.world_size > 1:
+        # Rank 0 is still writing the outputs when the others get here. Without this wait a rank closed its
+        # gloo connections meanwhile, and one such CI run aborted (SIGABRT, 'terminate called without an
+        # active exception'); with it no process tears down while another may still use the connections.
+        dist.barrier()
         dist.destroy_process_group()
 
 
