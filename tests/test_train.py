@@ -302,7 +302,6 @@ def test_ddp_two_processes_match_a_single_process_evaluation(tmp_path):
     assert single["count"] == 67 and single["acc"] == saved["test_acc"]
 
 
-
 def test_ddp_shutdown_waits_for_every_process_before_tearing_down(monkeypatch):
     calls = []
     monkeypatch.setattr(engine.dist, "barrier", lambda: calls.append("barrier"))
@@ -311,6 +310,7 @@ def test_ddp_shutdown_waits_for_every_process_before_tearing_down(monkeypatch):
     assert calls == ["barrier", "destroy"]
     engine.shutdown(engine.Runtime(torch.device("cpu"), amp=False))  # one process: no process group to end
     assert calls == ["barrier", "destroy"]
+
 
 @pytest.mark.slow
 def test_headline_command_one_epoch_on_real_mnist(tmp_path):
