@@ -1,4 +1,4 @@
-"""Fine-tune pretrained ViT weights (timm or Hugging Face safetensors) on an image folder.
+"""Fine-tune pretrained ViT weights (timm, Hugging Face or our own safetensors) on an image folder.
 
     # weights: timm's vit_base_patch16_224.augreg2_in21k_ft_in1k or google/vit-base-patch16-224 model.safetensors
     python finetune.py --weights model.safetensors --data path/to/scenes         # root/{train,val}/<class>/...
@@ -6,7 +6,9 @@
     python finetune.py --weights model.safetensors --data scenes --img-size 384  # pos_embed resampled once
 
 The weights load key for key into our hand-built ViT (vit/weights.py checks every key and shape),
-the head is replaced for the folder's classes, and training runs the same engine as train.py.
+the head is replaced for the folder's classes, and training runs the same loop as train.py
+(defaults: RECIPES["finetune"] in vit/recipes.py). Inputs are normalised as the weights expect: with
+the mean/std saved in our own checkpoints, else timm's 0.5 for the ViT-B/16 weights.
 """
 
 from __future__ import annotations
@@ -15,39 +17,40 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit.engine import (add_common_args, check_common_args, cli, fill_defaults, fit, folder_data, run_folder,
-                        setup_runtime, shutdown)
+from vit.cli import add_common_args, check_system_args, run, run_cli, runtime, train_config
+from vit.config import TrainConfig
+from vit.data import folder_data
+from vit.formats import VitError
 from vit.model import PRESETS
-from vit.weights import describe, load_checkpoint
-
-# Fine-tuning defaults: AdamW with layer-wise lr decay, a short warmup and light regularisation (as
-# BEiT/MAE fine-tune ViT-B); --opt sgd --lr 0.01 --weight-decay 0 is the ViT paper's recipe.
-RECIPE = dict(epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, weight_decay=0.05, smoothing=0.1, drop_path=0.1,
-              eval_every=1, tta="none")
-# timm's preprocessing for the augreg and Google ViT-B/16 weights: pixels scaled to [-1, 1].
-WEIGHTS_MEAN = WEIGHTS_STD = (0.5, 0.5, 0.5)
+from vit.recipes import RECIPES
+from vit.weights import describe, load_checkpoint, saved_normalisation
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data and weights")
     d.add_argument("--weights", type=Path, required=True, help="a .safetensors file (timm, Hugging Face or ours)")
     d.add_argument("--data", type=Path, required=True, help="image folder: root/<class>/... or root/{train,val}/...")
-    d.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction when there is no val/")
+    d.add_argument("--val-fraction", type=float, help="held-out fraction when there is no val/ (default 0.1)")
     d.add_argument("--img-size", type=int, default=224, help="fine-tuning resolution (pos_embed is resampled)")
-    d.add_argument("--aug", choices=("rrc", "none"), default="rrc",
-                   help="rrc: random-resized-crop + flip; none: eval-style resize only")
-    d.add_argument("--jitter", type=float, default=0.0, help="colour jitter strength (0 = off)")
+    d.add_argument("--aug", choices=("rrc", "none"), help="rrc: random-resized-crop + flip (default); "
+                                                          "none: eval-style resize only")
+    d.add_argument("--jitter", type=float, help="colour jitter strength (default 0 = off)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="auto", help=f"auto (infer from the file) or a preset to check it against: "
                                                   f"{', '.join(k for k in PRESETS if k.startswith('vit_'))}")
     m.add_argument("--patch", choices=("conv", "manual"), default="conv", help="patch embedding to load into")
     m.add_argument("--keep-head", action="store_true", help="keep the file's head (class count must match)")
     m.add_argument("--freeze", action="store_true", help="train the head only (linear probe)")
-    m.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (1 = off)")
+    m.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.75; 1 = off)")
     add_common_args(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace, TrainConfig]:
+    """(parser, flags, run config): the fine-tuning recipe with the flags applied, every value checked."""
+    p = build_parser()
     args = p.parse_args(argv)
-    fill_defaults(args, RECIPE)
     if not args.weights.is_file():
         p.error(f"--weights {args.weights}: no such file")
     if not args.data.is_dir():
@@ -56,38 +59,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--arch {args.arch!r}: choose auto or one of {', '.join(PRESETS)}")
     if args.img_size < 1:
         p.error(f"--img-size must be >= 1, got {args.img_size}")
-    if not args.jitter >= 0:
-        p.error(f"--jitter must be >= 0, got {args.jitter}")
-    if not 0.0 < args.layer_decay <= 1.0:
-        p.error("--layer-decay must be in (0, 1]")
-    if not 0.0 < args.val_fraction < 1.0:
-        p.error("--val-fraction must be in (0, 1)")
-    return p, args
+    cfg = train_config(p, args, RECIPES["finetune"])
+    check_system_args(p, args, cfg)
+    return p, args, cfg
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p, args = parse_args(argv)
-    check_common_args(p, args)
-    rt = setup_runtime(args)
-    data = folder_data(args, rt, args.data, args.img_size, interpolation="bicubic", mean=WEIGHTS_MEAN,
-                       std=WEIGHTS_STD, jitter=args.jitter)
-    model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size,
-                                  num_classes=len(data.classes), keep_head=args.keep_head, patch_embed=args.patch,
-                                  drop_path_rate=args.drop_path)
+    p, args, cfg = parse_args(argv)
+    rt = runtime(args)
+    model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size, patch_embed=args.patch,
+                                  drop_path_rate=cfg.drop_path)
+    if model.cfg.in_chans != 3:
+        raise VitError(f"{args.weights}: the model takes {model.cfg.in_chans}-channel images; finetune.py feeds "
+                       "RGB images from a folder")
+    mean, std = saved_normalisation(info["layout"], info["metadata"], model.cfg.in_chans)
+    data = folder_data(args.data, cfg, args.img_size, rt, mean=mean, std=std)
+    changes = []
+    if len(data.classes) != model.cfg.num_classes:
+        if args.keep_head:
+            raise VitError(f"--keep-head: {args.weights} has a head for {model.cfg.num_classes} classes, "
+                           f"{args.data} has {len(data.classes)}")
+        model.reset_head(len(data.classes))
+        changes.append(f"head reset to {len(data.classes)} classes")
     if args.freeze:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")
     if rt.main:
-        changes = [f"head reset to {len(data.classes)} classes"] if info["head_reset"] else []
         if info["resampled"]:
             changes.append("pos_embed resampled from {} to {}".format(*info["resampled"]))
-        print(f"loaded {args.weights} ({info['layout']} layout): {describe(model.cfg)}"
-              + (f"; {', '.join(changes)}" if changes else ""), file=sys.stderr)
-    out, resume_from = run_folder(args, f"finetune-{args.data.resolve().name}")
-    results = fit(model, data, args, rt, out, resume_from, {"weights": str(args.weights)})
-    shutdown(rt)
-    return results
+        print(f"loaded {args.weights} ({info['layout']} layout): {describe(model.cfg)}; normalised with mean "
+              f"{mean}, std {std}" + (f"; {', '.join(changes)}" if changes else ""), file=sys.stderr)
+    return run(model, data, cfg, rt, args, f"finetune-{args.data.resolve().name}", {"weights": str(args.weights)})
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import engine
+from vit.cli import run_cli
 from vit.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ import train  # noqa: E402
 def _exit_code(main: object, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """Run main(argv) as the scripts do (VitError -> exit 1); return (exit code, stderr)."""
     with pytest.raises(SystemExit) as e:
-        engine.cli(lambda: main(argv))
+        run_cli(lambda: main(argv))
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return e.value.code, err
@@ -45,7 +45,7 @@ TRAIN_REFUSED = [
     (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
     (["--val-fraction", "nan"], "--val-fraction must be in (0, 1)"),
     (["--drop", "1"], "drop_rate must be in [0, 1)"),
-    (["--drop-path", "nan"], "drop_path_rate must be in [0, 1)"),
+    (["--drop-path", "nan"], "--drop-path must be in [0, 1)"),
     (["--mlp-ratio", "0"], "mlp_ratio must be > 0"),
     (["--depth", "0"], "depth must be >= 1"),
     (["--embed-dim", "30", "--heads", "4"], "embed_dim 30 is not divisible by num_heads 4"),

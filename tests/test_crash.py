@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vit import engine
+from vit import engine, runs
+from vit.cli import run_cli
 from vit.formats import VitError, read_safetensors
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
@@ -200,9 +201,9 @@ def test_damaged_state_is_a_clear_error_naming_the_file(finished, how, capsys):
     state = out / "state.pt"
     _damage(state, how)
     with pytest.raises(VitError, match=rf"{state}: not a readable resume state"):
-        engine.load_state(state)
+        runs.load_state(state)
     with pytest.raises(SystemExit) as e:  # an explicit path never falls back: the user named that file
-        engine.cli(lambda: _run(data, out, 3, "--resume", str(state)))
+        run_cli(lambda: _run(data, out, 3, "--resume", str(state)))
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert f"error: {state}: not a readable resume state" in err and "Traceback" not in err
@@ -216,10 +217,10 @@ def test_state_from_elsewhere_is_refused_without_running_its_code(tmp_path):
     torch.save({"model": Payload()}, tmp_path / "evil.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(VitError, match=r"evil\.pt: not a readable resume state \(UnpicklingError"):
-        engine.load_state(tmp_path / "evil.pt")
+        runs.load_state(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(VitError, match=r"other\.pt: not a resume state written by this project"):
-        engine.load_state(tmp_path / "other.pt")
+        runs.load_state(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize("how", ["truncated", "missing"])

@@ -43,8 +43,8 @@ def test_finetune_learns_and_writes_every_output(tmp_path, weights):
                              "--lr", "1e-3", "--output", str(out)] + FAST)
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert results["classes"] == ["beach", "forest", "sea"] and results["test_images"] == 9
-    assert results["test_acc"] == 1.0
+    assert results["classes"] == ["beach", "forest", "sea"] and results["val_images"] == 9
+    assert results["split"] == "val" and results["val_acc"] == 1.0
     assert (out / "confusion.png").stat().st_size > 0 and (out / "curves.png").exists()
     tensors, meta = read_safetensors(out / "best.safetensors")
     assert json.loads(meta["classes"]) == ["beach", "forest", "sea"]

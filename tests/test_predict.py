@@ -10,6 +10,7 @@ from PIL import Image
 
 from vit.augment import eval_transform
 from vit.model import ViTConfig, VisionTransformer
+from vit.cli import run_cli
 from vit.predict import main
 from vit.weights import load_checkpoint, save_checkpoint
 
@@ -63,7 +64,7 @@ def test_command_line_missing_image_is_a_message_not_a_traceback(tmp_path):
 def test_several_images_gray_model_and_top_k_capped(tmp_path, capsys):
     ckpt = biased_checkpoint(tmp_path / "gray.safetensors", favourite=0, in_chans=1, img_size=28, patch_size=7)
     pngs = [str(write_png(tmp_path / "a.png", mode="L")), str(write_png(tmp_path / "b.png", (20, 64)))]
-    assert main(["--checkpoint", str(ckpt), *pngs, "--top-k", "9"]) == 0
+    main(["--checkpoint", str(ckpt), *pngs, "--top-k", "9"])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{pngs[0]}:" and out[5] == f"{pngs[1]}:" and len(out) == 10  # 4 classes each
     assert out[1].split() == ["99.99%", "ant"] and out[6].split() == ["99.99%", "ant"]
@@ -79,7 +80,9 @@ def test_bad_inputs_exit_1_with_the_reason(tmp_path, capsys):
         (["--checkpoint", str(tmp_path / "absent.safetensors"), png], "No such file"),
         (["--checkpoint", str(ckpt), str(tmp_path / "broken.png")], "broken.png: cannot read the image"),
     ]:
-        assert main(argv) == 1
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda: main(argv))
+        assert e.value.code == 1
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith("error: ") and message in err[-1], err
 
@@ -95,7 +98,7 @@ def test_timm_fixture_gives_the_models_own_top_classes(tmp_path, capsys):
     if not TIMM.is_file():
         pytest.skip(f"../shared not found: no timm fixture at {TIMM}")
     png = write_png(tmp_path / "photo.png", (300, 240))
-    assert main(["--checkpoint", str(TIMM), str(png), "--top-k", "3", "--img-size", "256"]) == 0
+    main(["--checkpoint", str(TIMM), str(png), "--top-k", "3", "--img-size", "256"])
     printed = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     model, _ = load_checkpoint(TIMM, img_size=256)
     x = eval_transform(256, [0.5] * 3, [0.5] * 3, crop_pct=0.9)(Image.open(png), torch.Generator())

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vit import augment, engine
+from vit import augment, engine, runtime
+from vit.cli import run_cli
 from vit.formats import read_safetensors, write_cifar_batch
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
@@ -75,7 +76,8 @@ def test_cifar_binary_and_image_folder_run(tmp_path):
     folder = write_folder(tmp_path / "folder")
     results = run(["--data", str(folder), "--img-size", "16", "--patch-size", "4", "--epochs", "1",
                    "--val-fraction", "0.25", "--output", str(tmp_path / "f")])
-    assert results["classes"] == ["class_0", "class_1"] and results["test_images"] == 4
+    assert results["classes"] == ["class_0", "class_1"] and results["val_images"] == 4
+    assert results["split"] == "val" and "test_acc" not in results  # a folder's held-out split is not a test set
 
 
 def test_learns_the_synthetic_task(tmp_path):
@@ -90,7 +92,7 @@ def test_evaluate_averages_the_probabilities_of_the_tta_views():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 4))  # sees every pixel shift
     x, y = torch.rand(10, 2, 6, 6), torch.arange(10) % 4
     loader = [(x[:6], y[:6]), (x[6:], y[6:])]
-    rt = engine.Runtime(torch.device("cpu"), amp=False)
+    rt = runtime.Runtime(torch.device("cpu"), amp=False)
     plain = engine.evaluate(model, loader, lambda v: v * 2, 4, rt)
     with torch.no_grad():
         logits = model(x * 2)
@@ -191,7 +193,8 @@ def test_unmasked_epochs_train_the_last_epochs_on_every_token(tmp_path, monkeypa
          "--unmasked-epochs", "2", "--output", str(out)])
     assert rates == [0.5, 0.0, 0.0]
     tensors, meta = read_safetensors(out / "last.safetensors")
-    assert json.loads(meta["config"])["patch_dropout"] == 0.5  # the config keeps the rate it was trained with
+    assert "patch_dropout" not in json.loads(meta["config"])  # a training choice: never saved with the model
+    assert json.loads((out / "args.json").read_text())["config"]["patch_dropout"] == 0.5  # but in the run's record
 
 
 def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path, capsys):
@@ -229,13 +232,23 @@ def test_evaluating_less_often_trains_the_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_attention_is_explicit_on_the_cpu_unless_asked():
-    def fused(argv: list[str], device: str) -> bool:
-        p, args = train.parse_args(["--data", "mnist", *argv])
-        return train.model_config(p, args, torch.device(device)).fused_attn
+def test_attention_is_explicit_on_the_cpu_unless_asked(tmp_path, monkeypatch):
+    assert not runtime.choose_fused_attn("auto", "cpu") and runtime.choose_fused_attn("auto", "cuda")
+    assert runtime.choose_fused_attn("fused", "cpu") and not runtime.choose_fused_attn("explicit", "cuda")
+    # and the run applies it to every block of the model it trains
+    kernels = []
+    real_epoch = engine.train_epoch
 
-    assert not fused([], "cpu") and fused([], "cuda")
-    assert fused(["--attn", "fused"], "cpu") and not fused(["--attn", "explicit"], "cuda")
+    def record(model, *a, **kw):
+        kernels.append({block.attn.fused for block in model.blocks})
+        return real_epoch(model, *a, **kw)
+
+    monkeypatch.setattr(engine, "train_epoch", record)
+    data = write_mnist(tmp_path / "data")
+    for attn in ("auto", "fused"):
+        run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1", "--attn", attn,
+             "--output", str(tmp_path / attn)])
+    assert kernels == [{False}, {True}]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -247,8 +260,8 @@ def test_attention_is_explicit_on_the_cpu_unless_asked():
     (["--data", "mnist", "--eval-every", "0"], "--eval-every must be >= 1"),
     (["--data", "mnist", "--batch-size", "30", "--accum-steps", "4"], "must be divisible by --accum-steps"),
     (["--data", "mnist", "--eval-only"], "--eval-only needs --resume"),
-    (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, --epochs]"),
-    (["--data", "mnist", "--unmasked-epochs", "-1"], "--unmasked-epochs must be in [0, --epochs]"),
+    (["--data", "mnist", "--epochs", "2", "--unmasked-epochs", "3"], "--unmasked-epochs must be in [0, epochs]"),
+    (["--data", "mnist", "--unmasked-epochs", "-1"], "--unmasked-epochs must be in [0, epochs]"),
     (["--data", "mnist", "--tta", "rotate"], "--tta: invalid choice: 'rotate' (choose from"),
     (["--data", "cifar10", "--crop-padding", "-1"], "--crop-padding must be >= 0, got -1"),
 ])
@@ -277,7 +290,7 @@ def test_missing_data_without_download_is_a_message_not_a_traceback(tmp_path):
 def test_divergence_stops_with_a_message(tmp_path, capsys):
     data = write_mnist(tmp_path / "data")
     with pytest.raises(SystemExit) as e:
-        engine.cli(lambda: run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1",
+        run_cli(lambda: run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "1",
                                 "--lr", "1e30", "--output", str(tmp_path / "run")]))
     assert e.value.code == 1
     assert "training diverged: loss is nan" in capsys.readouterr().err
@@ -304,11 +317,11 @@ def test_ddp_two_processes_match_a_single_process_evaluation(tmp_path):
 
 def test_ddp_shutdown_waits_for_every_process_before_tearing_down(monkeypatch):
     calls = []
-    monkeypatch.setattr(engine.dist, "barrier", lambda: calls.append("barrier"))
-    monkeypatch.setattr(engine.dist, "destroy_process_group", lambda: calls.append("destroy"))
-    engine.shutdown(engine.Runtime(torch.device("cpu"), amp=False, rank=1, world_size=2))
+    monkeypatch.setattr(runtime.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(runtime.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    runtime.shutdown(runtime.Runtime(torch.device("cpu"), amp=False, rank=1, world_size=2))
     assert calls == ["barrier", "destroy"]
-    engine.shutdown(engine.Runtime(torch.device("cpu"), amp=False))  # one process: no process group to end
+    runtime.shutdown(runtime.Runtime(torch.device("cpu"), amp=False))  # one process: no process group to end
     assert calls == ["barrier", "destroy"]
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vit import visualize
-from vit.engine import cli
+from vit.cli import run_cli
 from vit.model import ViTConfig, VisionTransformer, sincos_pos_embed
 from vit.plot import GRID_TITLE_H
 from vit.weights import save_checkpoint
@@ -114,9 +114,9 @@ def test_no_position_embedding_skips_its_png(tmp_path, capsys):
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
-    """(exit code, stderr) of the command's entry point, vit.engine.cli(main), in this process."""
+    """(exit code, stderr) of the command's entry point, vit.cli.run_cli(main), in this process."""
     with pytest.raises(SystemExit) as e:
-        cli(lambda: visualize.main(argv))
+        run_cli(lambda: visualize.main(argv))
     return e.value.code, capsys.readouterr().err
 
 

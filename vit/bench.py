@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit.augment import batch_augment
+from vit.cli import run_cli
 from vit.data import ImageFolderDataset, folder_splits, load_tensor_dataset
 from vit.formats import VitError, read_safetensors, write_safetensors
-from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer
+from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer, count_params
+from vit.recipes import RECIPE_PRESETS, RECIPES
 from vit.weights import load_checkpoint
 
 _CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
@@ -166,22 +168,24 @@ def embed_flops(cfg: ViTConfig) -> float:
     return total
 
 
-def vit_flops(cfg: ViTConfig, train: bool = False) -> float:
+def vit_flops(cfg: ViTConfig, patch_dropout: float = 0.0) -> float:
     """Forward multiply-add FLOPs of one image (matmuls, convolutions and attention; norms and
-    activations ignored). In training, PatchDropout leaves 1 + round(N * (1 - patch_dropout)) tokens
+    activations ignored). Training with PatchDropout leaves 1 + round(N * (1 - patch_dropout)) tokens
     after the embedding."""
-    kept = round(cfg.num_patches * (1 - cfg.patch_dropout)) if train and cfg.patch_dropout > 0 else cfg.num_patches
+    kept = round(cfg.num_patches * (1 - patch_dropout)) if patch_dropout > 0 else cfg.num_patches
     n, d, hidden = kept + 1, cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
     block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
     return cfg.depth * block + embed_flops(cfg) + 2 * d * max(cfg.num_classes, 0)
 
 
-def _stepper(cfg: ViTConfig, batch: int, train: bool, amp: bool = False,
-             augment: Callable | None = None) -> Callable[[], None]:
+def _stepper(cfg: ViTConfig, batch: int, train: bool, amp: bool = False, augment: Callable | None = None,
+             fused: bool = False, patch_dropout: float = 0.0) -> Callable[[], None]:
     """One training step (augment + forward + backward + AdamW) or inference forward on a fixed random
     batch, as a function; built and run once here so allocations and kernel choice are not timed."""
     torch.manual_seed(0)
     model = VisionTransformer(cfg).train(train)
+    model.set_fused_attn(fused)
+    model.patch_dropout = patch_dropout
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (batch, cfg.in_chans, cfg.img_size, cfg.img_size), dtype=torch.uint8)
     y = torch.randint(0, max(cfg.num_classes, 1), (batch,))
@@ -209,9 +213,10 @@ def _run_steps(step: Callable[[], None], steps: int) -> None:
 
 
 def _step_rate(cfg: ViTConfig, batch: int, steps: int, train: bool, amp: bool = False,
-               augment: Callable | None = None) -> float:
+               augment: Callable | None = None, fused: bool = False, patch_dropout: float = 0.0) -> float:
     """Images/s of `steps` training steps or inference forwards (see _stepper)."""
-    (seconds,) = _best_times([partial(_run_steps, _stepper(cfg, batch, train, amp, augment), steps)], repeat=1)
+    step = _stepper(cfg, batch, train, amp, augment, fused, patch_dropout)
+    (seconds,) = _best_times([partial(_run_steps, step, steps)], repeat=1)
     return batch * steps / seconds
 
 
@@ -222,11 +227,11 @@ def bench_model(args: argparse.Namespace) -> None:
     rows = []
     cases = [("mnist", "train", 256), ("cifar10", "train", 256), ("vit_base_patch16_224", "infer", 8)]
     for preset, mode, batch in cases:
-        rates = []
-        for fused in (False, True):
-            cfg = ViTConfig(**{**PRESETS[preset], "fused_attn": fused})
-            rates.append(_step_rate(cfg, batch, args.steps, train=mode == "train"))
-        gflop = vit_flops(cfg, train=mode == "train") * (3 if mode == "train" else 1) / 1e9
+        cfg = ViTConfig(**PRESETS[preset])
+        drop = RECIPES[preset].patch_dropout if mode == "train" else 0.0  # as the dataset's recipe trains it
+        rates = [_step_rate(cfg, batch, args.steps, train=mode == "train", fused=fused, patch_dropout=drop)
+                 for fused in (False, True)]
+        gflop = vit_flops(cfg, drop) * (3 if mode == "train" else 1) / 1e9
         best = max(rates)
         rows.append((preset, mode, str(batch), f"{rates[0]:.1f}", f"{rates[1]:.1f}", f"{rates[0] / rates[1]:.2f}x",
                      f"{gflop * best:.0f}", f"{100 * gflop * best / peak:.0f}%"))
@@ -236,35 +241,35 @@ def bench_model(args: argparse.Namespace) -> None:
 
 def bench_train(args: argparse.Namespace) -> None:
     """A real training step per recipe: batch augmentation + fwd/bwd + AdamW; fp32 vs bf16 autocast."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train import RECIPES  # the recipes live in the script users run
-
     peak = matmul_peak(args.threads)
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
     rows = []
     # each recipe as train.py runs it on the CPU (explicit attention), then with one lever undone:
-    # (data, label, model config change, batch size or None for the recipe's)
-    cases = [("mnist", "mnist", {}, None), ("mnist", "mnist without PatchDropout", {"patch_dropout": 0.0}, None),
-             ("mnist", "mnist with fused attention", {"fused_attn": True}, None),
-             ("mnist", "mnist at batch 64", {}, 64),
-             ("cifar10", "cifar10", {}, None), ("cifar10", "cifar10 without PatchDropout", {"patch_dropout": 0.0}, None),
-             ("cifar10", "cifar10 with fused attention", {"fused_attn": True}, None),
-             ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"}, None)]
+    # (data, label, model config change, run change: batch, patch_dropout, fused attention)
+    cases = [("mnist", "mnist", {}, {}), ("mnist", "mnist without PatchDropout", {}, {"patch_dropout": 0.0}),
+             ("mnist", "mnist with fused attention", {}, {"fused": True}),
+             ("mnist", "mnist at batch 64", {}, {"batch": 64}),
+             ("cifar10", "cifar10", {}, {}), ("cifar10", "cifar10 without PatchDropout", {}, {"patch_dropout": 0.0}),
+             ("cifar10", "cifar10 with fused attention", {}, {"fused": True}),
+             ("cifar10", "cifar10 --patch stem", {"patch_embed": "stem"}, {})]
     built = []
-    for data, label, change, batch in cases:
+    for data, label, change, run in cases:
         recipe = RECIPES[data]
-        batch = batch or recipe["batch_size"]
-        cfg = ViTConfig(**{**PRESETS[recipe["preset"]], "fused_attn": False, **change})
-        built.append((data, label, cfg, batch, batch_augment(recipe["aug"], recipe["crop_padding"])))
+        cfg = ViTConfig(**{**PRESETS[RECIPE_PRESETS[data]], **change})
+        run = {"batch": recipe.batch_size, "patch_dropout": recipe.patch_dropout, "fused": False, **run}
+        built.append((data, label, cfg, run, batch_augment(recipe.aug, recipe.crop_padding)))
     # fp32 cases take turns, best of --repeat rounds each, so the ratios between rows see the same
     # machine; this CPU's speed drifts by tens of percent within minutes
-    steppers = [_stepper(cfg, batch, True, augment=augment) for _, _, cfg, batch, augment in built]
+    steppers = [_stepper(cfg, run["batch"], True, augment=augment, fused=run["fused"],
+                         patch_dropout=run["patch_dropout"]) for _, _, cfg, run, augment in built]
     seconds = _best_times([partial(_run_steps, step, args.steps) for step in steppers], args.repeat)
-    for (data, label, cfg, batch, augment), fp32_seconds in zip(built, seconds):
+    for (data, label, cfg, run, augment), fp32_seconds in zip(built, seconds):
+        batch = run["batch"]
         fp32 = batch * args.steps / fp32_seconds
-        bf16 = _step_rate(cfg, batch, max(1, args.steps // 4), True, amp=True, augment=augment)
-        gflops = 3 * vit_flops(cfg, train=True) * fp32 / 1e9
-        rows.append((label, f"{sum(p.numel() for p in VisionTransformer(cfg).parameters()) / 1e6:.2f}M",
+        bf16 = _step_rate(cfg, batch, max(1, args.steps // 4), True, amp=True, augment=augment, fused=run["fused"],
+                          patch_dropout=run["patch_dropout"])
+        gflops = 3 * vit_flops(cfg, run["patch_dropout"]) * fp32 / 1e9
+        rows.append((label, f"{count_params(VisionTransformer(cfg)) / 1e6:.2f}M",
                      str(batch), f"{fp32:.0f}", f"{bf16:.0f}", f"{bf16 / fp32:.2f}x",
                      f"{gflops:.0f}", f"{100 * gflops / peak:.0f}%", f"{60_000 / fp32 if data == 'mnist' else 50_000 / fp32:.0f}"))
     _table(("recipe", "params", "batch", "fp32 img/s", "bf16 img/s", "bf16/fp32", "GFLOP/s", "of peak",
@@ -282,7 +287,8 @@ def bench_weights(args: argparse.Namespace) -> None:
         floor, read, load = _best_times([partial(_read_all, [path]), partial(read_safetensors, path),
                                          partial(load_checkpoint, path)], args.repeat)
         size = path.stat().st_size / 1e6
-        model, _ = load_checkpoint(path, fused_attn=True)
+        model, _ = load_checkpoint(path)
+    model.set_fused_attn(True)
     model.eval()
     x = torch.randn(8, 3, 224, 224)
     with torch.no_grad():
@@ -299,7 +305,7 @@ def bench_weights(args: argparse.Namespace) -> None:
     ])
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vit.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -323,12 +329,13 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--repeat", type=int, default=3,
                          help="timed rounds (train: all cases take turns; weights: loads); the fastest is reported")
         sub.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except VitError as e:
-        parser.exit(1, f"error: {e}\n")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.run(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

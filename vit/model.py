@@ -41,8 +41,9 @@ class ViTConfig:
     pos_embed: str = "learned"  # 'learned' (parameter), 'sin' (fixed 2-D sin-cos table), 'none'
     global_pool: str = "token"  # 'token' = class token's output, 'avg' = mean of the patch tokens
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm uses 1e-6; Hugging Face's ViT 1e-12)
-    fused_attn: bool = True  # F.scaled_dot_product_attention; False = explicit softmax(q k^T / sqrt(d)) v
-    patch_dropout: float = 0.0  # training only: drop this fraction of each image's patch tokens (Liu et al., 2022)
+    # Only the architecture lives here (it is saved in every checkpoint). Training-time knobs (the
+    # PatchDropout rate) and runtime choices (fused vs explicit attention) are model attributes set at
+    # run time: `model.patch_dropout`, `model.set_fused_attn()`.
 
     def __post_init__(self) -> None:
         choices = {
@@ -66,7 +67,7 @@ class ViTConfig:
             raise ValueError(f"pos_embed='sin' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate", "patch_dropout"):
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -84,9 +85,9 @@ class ViTConfig:
 # the */16 ones are timm's architectures, so their checkpoints load key for key.
 PRESETS: dict[str, dict] = {
     "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
-                  mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
+                  mlp_ratio=2.0, patch_embed="manual", pos_embed="sin"),
     "cifar10": dict(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=128, depth=6, num_heads=4,
-                    mlp_ratio=2.0, patch_embed="manual", pos_embed="sin", patch_dropout=0.5),
+                    mlp_ratio=2.0, patch_embed="manual", pos_embed="sin"),
     "vit_tiny_patch16_224": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch16_224": dict(embed_dim=768, depth=12, num_heads=12),
@@ -173,7 +174,7 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.embed_dim // cfg.num_heads
         self.scale = self.head_dim**-0.5
-        self.fused = cfg.fused_attn
+        self.fused = True  # F.scaled_dot_product_attention; False: the explicit path (a runtime choice)
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.attn_drop = nn.Dropout(cfg.attn_drop_rate)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
@@ -267,9 +268,10 @@ class VisionTransformer(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        # PatchDropout's rate in training; a trainer may set it to 0 for the final epochs, so the model
-        # ends on all tokens, as it is tested (FLIP's "unmasked tuning", Li et al., 2023).
-        self.patch_dropout = cfg.patch_dropout
+        # PatchDropout's rate in training (Liu et al., 2022), a training choice set by the trainer, not part
+        # of the architecture; a trainer sets it to 0 for the final epochs, so the model ends on all tokens,
+        # as it is tested (FLIP's "unmasked tuning", Li et al., 2023).
+        self.patch_dropout = 0.0
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
@@ -297,6 +299,13 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=1e-6)  # normal_ would import torch._dynamo on meta tensors
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def set_fused_attn(self, fused: bool) -> None:
+        """Chooses the attention kernel of every block: F.scaled_dot_product_attention (fused, the
+        default) or the explicit softmax(q k^T / sqrt(d)) v. Both compute the same function; which is
+        faster depends on the device, so it is chosen at run time and never saved."""
+        for block in self.blocks:
+            block.attn.fused = fused
 
     def reset_head(self, num_classes: int) -> None:
         """Replaces the head by a zero-initialised Linear for `num_classes` (for fine-tuning)."""
@@ -350,6 +359,11 @@ class VisionTransformer(nn.Module):
             x, attn = block(x, need_weights=True)
             maps.append(attn)
         return maps
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers such as the sin-cos table excluded)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:

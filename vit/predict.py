@@ -11,7 +11,6 @@ checkpoints: the 'mean'/'std' saved in their metadata, if any). Class names come
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import torch
 from PIL import Image
 
 from vit.augment import eval_transform
+from vit.cli import run_cli
 from vit.formats import VitError
-from vit.weights import describe, load_checkpoint
+from vit.weights import describe, load_checkpoint, saved_normalisation
 
 CROP_PCT = 0.9  # timm's default eval crop for vit_base_patch16_224
 BATCH = 16  # images per forward pass
@@ -33,14 +33,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit.predict", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="safetensors file: ours, timm or Hugging Face layout")
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes to print per image (default 5)")
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="input size; default the checkpoint's (pos_embed resampled when it differs)")
-    return p.parse_args(argv)
+    return p
 
 
 def open_image(path: str) -> Image.Image:
@@ -55,25 +55,8 @@ def open_image(path: str) -> Image.Image:
         raise VitError(f"{path}: cannot read the image: {e}") from None
 
 
-def normalisation(layout: str, metadata: dict[str, str], channels: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: saved in our checkpoints' metadata, else timm's 0.5 for ViT weights."""
-    stats = []
-    for key in ("mean", "std"):
-        value = [0.5] * channels
-        if layout == "ours" and key in metadata:
-            try:
-                value = [float(v) for v in json.loads(metadata[key])]
-            except (ValueError, TypeError):
-                raise VitError(f"checkpoint metadata {key!r} is not a JSON list of numbers: "
-                               f"{metadata[key][:100]}") from None
-            if len(value) != channels:
-                raise VitError(f"checkpoint metadata {key!r} has {len(value)} values for {channels} channels")
-        stats.append(value)
-    return stats[0], stats[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         for path in args.images:  # catch a mistyped name before the (slower) model load
             if not Path(path).is_file():
@@ -82,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model.cfg
         if cfg.num_classes == 0:
             raise VitError(f"{args.checkpoint}: the checkpoint has no classification head")
-        mean, std = normalisation(info["layout"], info["metadata"], cfg.in_chans)
+        mean, std = saved_normalisation(info["layout"], info["metadata"], cfg.in_chans)
         print(f"{args.checkpoint} ({info['layout']} layout): {describe(cfg)}", file=sys.stderr)
         names = info["classes"] or [f"class {i}" for i in range(cfg.num_classes)]
         transform = eval_transform(cfg.img_size, mean, std, crop_pct=CROP_PCT, interpolation=Image.BICUBIC)
@@ -102,11 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}:")
                 for p, i in zip(ps, idx):
                     print(f"  {100 * p:6.2f}%  {names[i]}")
-    except (VitError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    except OSError as e:  # unreadable (permissions, I/O): a message, like every other bad file
+        raise VitError(str(e)) from None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
+import importlib.util
 import io
 import itertools
 import json
@@ -45,7 +46,7 @@ from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
 from vit import plot
-from vit.engine import cli
+from vit.cli import run_cli
 from vit.formats import VitError, atomic_write
 
 # Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
@@ -76,21 +77,25 @@ class Axis:
 
 
 def _train_script() -> ModuleType:
-    """train.py, imported."""
-    # train.py is a script at the repository root, not a module of the package: make it importable
-    # (vit/bench.py does the same).
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import train
+    """train.py, loaded from the repository root beside this package (it is a script, not a module of
+    the package), once; each run calls its main(), train.py's own code path."""
+    if "train" not in _SCRIPTS:
+        path = Path(__file__).resolve().parents[1] / "train.py"
+        if not path.is_file():
+            raise VitError(f"vit.sweep runs train.py, which is not at {path}: run it from a checkout of the repository")
+        spec = importlib.util.spec_from_file_location("train", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS["train"] = module
+    return _SCRIPTS["train"]
 
-    return train
+
+_SCRIPTS: dict[str, ModuleType] = {}
 
 
 def train_parser() -> argparse.ArgumentParser:
     """train.py's argument parser (a fresh one, which the caller may modify)."""
-    parser, _ = _train_script().parse_args([])
-    return parser
+    return _train_script().build_parser()
 
 
 def train_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -240,7 +245,8 @@ def _train_argv(argv: list[str]) -> Iterator[None]:
 
 
 def _result_fields(results: dict) -> dict[str, object]:
-    return {"status": "ok", "test_acc": results["test_acc"], "params": results["params"],
+    held_out = results[f"{results.get('split', 'test')}_acc"]  # val_acc for an image folder
+    return {"status": "ok", "test_acc": held_out, "params": results["params"],
             "train_seconds": results["train_seconds"], "train_img_per_s": results["train_img_per_s"], "error": ""}
 
 
@@ -408,10 +414,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Axis], list[str]]:
-    """(sweep options, grid axes, the fixed train.py flags of every run); bad flags exit 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+def build_parser() -> argparse.ArgumentParser:
+    """The sweep's own options (train.py flags for every run go after `--`)."""
     p = argparse.ArgumentParser(prog="python -m vit.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
@@ -420,6 +424,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--epochs", type=_positive_int, help="epochs of every run (default: the dataset's recipe)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per configuration, seeds 0 .. N-1")
     p.add_argument("--output", type=Path, help="sweep folder (default sweeps/<data>-<axis>-<axis>...)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Axis], list[str]]:
+    """(sweep options, grid axes, the fixed train.py flags of every run); bad flags exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = build_parser()
     args, unknown = p.parse_known_args(own)
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)} (train.py flags go after --)")
@@ -453,4 +465,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

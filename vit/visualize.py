@@ -35,11 +35,11 @@ from PIL import Image
 from vit import plot
 from vit.augment import eval_transform, normalize
 from vit.data import TENSOR_DATASETS, load_tensor_dataset
-from vit.engine import cli
+from vit.cli import run_cli
 from vit.formats import VitError
 from vit.model import VisionTransformer
-from vit.predict import CROP_PCT, normalisation, open_image
-from vit.weights import load_checkpoint
+from vit.predict import CROP_PCT, open_image
+from vit.weights import load_checkpoint, saved_normalisation
 
 SMALL_MODEL = 64  # input side up to which an image is resized whole (MNIST / CIFAR models see full frames)
 CELL = 160  # pixels per panel of attention.png
@@ -105,7 +105,7 @@ def load_input(args: argparse.Namespace, model: VisionTransformer, info: dict
         x = normalize(image, mean, std)
         label = ds.classes[int(ds.test_y[args.index])]
     else:
-        mean, std = normalisation(info["layout"], info["metadata"], cfg.in_chans)
+        mean, std = saved_normalisation(info["layout"], info["metadata"], cfg.in_chans)
         img = open_image(args.image).convert("L" if cfg.in_chans == 1 else "RGB")
         if cfg.img_size <= SMALL_MODEL:
             pixels = torch.from_numpy(np.array(img.resize((cfg.img_size, cfg.img_size), Image.BICUBIC)))
@@ -158,7 +158,7 @@ def pos_embed_figure(path: Path, model: VisionTransformer) -> None:
                  vmin=float(similarity.min()), vmax=1.0)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit.visualize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="safetensors file: ours, timm or Hugging Face layout")
@@ -169,11 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (or are downloaded to)")
     p.add_argument("--no-download", action="store_true", help="never touch the network")
     p.add_argument("--output", type=Path, default=Path("viz"), help="folder for the PNGs (default ./viz)")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not Path(args.checkpoint).is_file():
         raise VitError(f"{args.checkpoint}: no such checkpoint file")
     try:
@@ -205,4 +205,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -31,7 +31,26 @@ from vit.model import PRESETS, ViTConfig, VisionTransformer
 
 PathLike = Union[str, Path]
 TIMM_EPS, HF_EPS = 1e-6, 1e-12  # LayerNorm eps of each library's ViT (HF's ViTConfig default)
-_CONFIG_FIELDS = {f.name for f in fields(ViTConfig)}
+_CONFIG_FIELDS = {f.name: f.type for f in fields(ViTConfig)}  # name -> 'int', 'float', 'bool' or 'str'
+# Fields checkpoints written before they became runtime/training choices still carry in their config:
+# dropped on load, never restored (the model's defaults apply; the trainer and CLI set them).
+_LEGACY_FIELDS = ("fused_attn", "patch_dropout")
+# No tensor bounds the image size of a 'sin' or 'none' position embedding, so a config could ask for any
+# size: these bound the image and its token grid (the sin table and the attention grow with the tokens),
+# far above any real ViT (timm's largest grids are 37 x 37; 4096 px at patch 16 is 256 x 256).
+MAX_IMG_SIZE = 4096
+MAX_TOKENS = 256 * 256
+# Largest values a file may give the fields that size the model before any tensor is checked against it
+# (a huge width or depth would be built, on 'meta' but element by element); far above any real ViT.
+_MAX_VALUE = {"img_size": MAX_IMG_SIZE, "patch_size": MAX_IMG_SIZE, "in_chans": 1024, "num_classes": 1 << 20,
+              "embed_dim": 1 << 16, "depth": 1024, "num_heads": 1 << 16, "mlp_ratio": 64.0, "norm_eps": 1.0}
+_KINDS = {  # annotation -> (accepts a value, what the message calls it)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+              "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def _listing(keys: object, limit: int = 8) -> str:
@@ -41,15 +60,40 @@ def _listing(keys: object, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _make_config(**kw: object) -> ViTConfig:
-    """ViTConfig(**kw), with its ValueError/TypeError turned into VitError."""
-    unknown = set(kw) - _CONFIG_FIELDS
+def _checked_fields(kw: dict[str, object]) -> dict[str, object]:
+    """`kw` with every ViTConfig field type- and range-checked before anything uses it (numbers as floats).
+
+    A config comes from a file (or a caller): ints must be ints (not bools, not 4.0), floats finite,
+    bools true/false, strings strings (ViTConfig checks which), no value above `_MAX_VALUE`, LayerNorm
+    eps above 0. Anything else is a VitError naming the field.
+    """
+    unknown = set(kw) - set(_CONFIG_FIELDS)
     if unknown:
         raise VitError(f"unknown config field(s) {_listing(unknown)}")
+    out = {}
+    for name, value in kw.items():
+        accepts, kind = _KINDS[_CONFIG_FIELDS[name]]
+        if not accepts(value):
+            raise VitError(f"config field {name} is {str(value)[:50]!r} ({type(value).__name__}), not {kind}")
+        if name in _MAX_VALUE and value > _MAX_VALUE[name]:
+            raise VitError(f"config field {name} is {value:g}, above the {_MAX_VALUE[name]:g} this project builds")
+        if name == "norm_eps" and not value > 0:
+            raise VitError(f"config field norm_eps is {value:g}; a LayerNorm eps must be > 0")
+        out[name] = float(value) if _CONFIG_FIELDS[name] == "float" else value
+    return out
+
+
+def _make_config(**kw: object) -> ViTConfig:
+    """ViTConfig(**kw) from checked fields (`_checked_fields`), with its own ValueError turned into VitError,
+    and a token grid of at most MAX_TOKENS."""
     try:
-        return ViTConfig(**kw)
-    except (TypeError, ValueError) as e:
+        cfg = ViTConfig(**_checked_fields(kw))
+    except ValueError as e:
         raise VitError(f"invalid config: {e}") from None
+    if cfg.num_patches > MAX_TOKENS:
+        raise VitError(f"img_size {cfg.img_size} / patch_size {cfg.patch_size} is a {cfg.grid_size}x{cfg.grid_size} "
+                       f"grid ({cfg.num_patches} tokens), more than the {MAX_TOKENS} this project builds")
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------ layouts
@@ -451,3 +495,21 @@ def save_checkpoint(path: PathLike, model: VisionTransformer, metadata: dict[str
     if "config" in extra:
         raise VitError(f"{path}: metadata key 'config' is reserved for the model's config")
     write_safetensors(path, model.state_dict(), {"config": json.dumps(asdict(model.cfg)), **extra})
+
+
+def saved_normalisation(layout: str, metadata: dict[str, str], channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a checkpoint's inputs: saved in our checkpoints' metadata, else timm's
+    0.5 (pixels scaled to [-1, 1]: the augreg and Google ViT-B/16 weights)."""
+    stats = []
+    for key in ("mean", "std"):
+        value = [0.5] * channels
+        if layout == "ours" and key in metadata:
+            try:
+                value = [float(v) for v in json.loads(metadata[key])]
+            except (ValueError, TypeError):
+                raise VitError(f"checkpoint metadata {key!r} is not a JSON list of numbers: "
+                               f"{metadata[key][:100]}") from None
+            if len(value) != channels:
+                raise VitError(f"checkpoint metadata {key!r} has {len(value)} values for {channels} channels")
+        stats.append(value)
+    return stats[0], stats[1]

@@ -1,0 +1,132 @@
+"""The command line that train.py and finetune.py share: flags, flags -> configs, the run, the error exit.
+
+Each training flag is a `TrainConfig` field with dashes (`--batch-size` -> `batch_size`), so the
+fields themselves are the table from flags to the config: a flag left out keeps the recipe's value,
+and the config's own checks become argparse errors naming the flag (exit 2). Runtime flags (device,
+attention kernel, threads, ...) become a `Runtime`; output flags pick the run folder. `run_cli` is the
+one wrapper every entry point runs its main() in: a `VitError` (a user mistake or a bad file)
+becomes one line on stderr and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+from .augment import TTA_VIEWS
+from .config import ConfigError, TrainConfig
+from .data import Data
+from .engine import evaluate_saved, fit
+from .formats import VitError
+from .model import VisionTransformer
+from .runs import run_folder
+from .runtime import Runtime, setup_runtime, shutdown, world_size
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The optimisation, regularisation, system and output flags; a training flag's default of None
+    means "the recipe's value" (see vit/recipes.py)."""
+    o = parser.add_argument_group("optimisation (default: the recipe's)")
+    o.add_argument("--epochs", type=int, help="training epochs")
+    o.add_argument("--batch-size", type=int, help="images per optimizer step, over all processes")
+    o.add_argument("--opt", choices=("adamw", "sgd"), help="optimizer (sgd: momentum 0.9)")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
+    o.add_argument("--warmup-epochs", type=float, help="linear warmup from 0, in epochs")
+    o.add_argument("--weight-decay", type=float, help="decoupled weight decay (not on biases, norms, embeddings)")
+    o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
+    o.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
+    r = parser.add_argument_group("regularisation (default: the recipe's)")
+    r.add_argument("--smoothing", type=float, help="label smoothing")
+    r.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
+    r.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
+    r.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
+    r.add_argument("--patch-dropout", type=float, help="fraction of patch tokens dropped per image in training")
+    r.add_argument("--unmasked-epochs", type=int, help="train the last N epochs on all tokens, without PatchDropout")
+    r.add_argument("--ema", type=float,
+                   help="decay of an exponential moving average of the weights, evaluated and saved in their place (0 = off)")
+    s = parser.add_argument_group("system")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    s.add_argument("--attn", choices=("auto", "fused", "explicit"), default="auto",
+                   help="F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v; "
+                        "auto: explicit on the CPU (faster there for these small models, README), else fused")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off for CPU/MPS)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers (folders)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    w = parser.add_argument_group("output")
+    w.add_argument("--output", type=Path, help="output folder (default: runs/<name>-<timestamp>)")
+    w.add_argument("--resume", help="'auto' (newest run of this name), a run folder or its state.pt")
+    w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
+    w.add_argument("--save-every", type=int, help="write the resume state every N epochs")
+    w.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
+    w.add_argument("--tta", choices=TTA_VIEWS, help="test-time augmentation of the final evaluation: the mean "
+                                                    "prediction over the image, its mirror and/or its 1-pixel shifts")
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + field.replace("_", "-")
+
+
+def train_config(parser: argparse.ArgumentParser, args: argparse.Namespace, recipe: TrainConfig) -> TrainConfig:
+    """The recipe with every training flag the user gave applied; a value the config refuses is an
+    argparse error naming the flag (exit 2)."""
+    given = {name: getattr(args, name) for name in TRAIN_FIELDS if getattr(args, name, None) is not None}
+    try:
+        return recipe.replace(**given)
+    except ConfigError as e:
+        parser.error(f"{flag(e.field)} {e.problem}")
+
+
+def check_system_args(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Refuses system and output flags that cannot work, before anything runs (exit 2)."""
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    processes = world_size()
+    if cfg.batch_size % (cfg.accum_steps * processes):
+        parser.error(f"--batch-size {cfg.batch_size} must be divisible by --accum-steps x processes "
+                     f"({cfg.accum_steps} x {processes})")
+    if args.eval_only and not args.resume:
+        parser.error("--eval-only needs --resume PATH (or auto)")
+
+
+def runtime(args: argparse.Namespace) -> Runtime:
+    """The Runtime the system flags ask for (joins torchrun's DDP job when launched by it)."""
+    return setup_runtime(args.device, amp=args.amp, attn=args.attn, threads=args.threads, compile=args.compile,
+                         workers=args.workers)
+
+
+def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, args: argparse.Namespace,
+        run_name: str, metadata: dict[str, str] | None = None) -> dict:
+    """What both scripts do once model and data are built: find the run folder (--output, --resume),
+    then train (or, with --eval-only, score the saved state), and end the DDP job."""
+    out, resume_from = run_folder(args.resume, args.output, run_name)
+    fallback = args.resume == "auto"
+    if args.eval_only:
+        if resume_from is None:
+            raise VitError(f"--eval-only --resume {args.resume}: no saved state found in {out}; nothing to evaluate")
+        results = evaluate_saved(model, data, cfg, resume_from, rt=rt, fallback=fallback)
+    else:
+        results = fit(model, data, cfg, rt=rt, out=out, resume_from=resume_from, fallback=fallback, metadata=metadata)
+    shutdown(rt)
+    return results
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Runs an entry point's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1."""
+    try:
+        main()
+    except VitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
