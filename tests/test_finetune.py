@@ -73,3 +73,30 @@ def test_bad_flags_exit_2(tmp_path, weights, extra, message, capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_our_own_checkpoint_fine_tunes_on_every_token_with_its_own_normalisation(tmp_path, monkeypatch):
+    from vit import engine
+    from vit.data import IMAGENET_MEAN
+
+    folder = scenes(tmp_path / "scenes")
+    pretrained = tmp_path / "pretrained"
+    import train  # noqa: E402  (a script at the repository root)
+    train.main(["--data", str(folder), "--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "1",
+                "--heads", "2", "--epochs", "1", "--patch-dropout", "0.5", "--output", str(pretrained)] + FAST[2:])
+    rates, real_epoch = [], engine.train_epoch
+
+    def record(model, *a, **kw):
+        rates.append(model.patch_dropout)
+        return real_epoch(model, *a, **kw)
+
+    monkeypatch.setattr(engine, "train_epoch", record)
+    out = tmp_path / "tuned"
+    finetune.main(["--weights", str(pretrained / "last.safetensors"), "--data", str(folder), "--epochs", "2",
+                   "--output", str(out)] + FAST)
+    assert rates == [0.0, 0.0]  # trained with PatchDropout 0.5, fine-tuned on all tokens by default
+    _, meta = read_safetensors(out / "last.safetensors")
+    assert json.loads(meta["mean"]) == list(IMAGENET_MEAN)  # the checkpoint's own, not timm's 0.5
+    finetune.main(["--weights", str(pretrained / "last.safetensors"), "--data", str(folder), "--epochs", "1",
+                   "--patch-dropout", "0.25", "--output", str(tmp_path / "masked")] + FAST)
+    assert rates[-1] == 0.25
