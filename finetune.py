@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit.cli import add_common_args, check_system_args, run, run_cli, runtime, train_config
+from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
 from vit.config import TrainConfig
 from vit.data import folder_data
 from vit.formats import VitError
@@ -27,7 +27,8 @@ from vit.weights import describe, load_checkpoint, saved_normalisation
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=recipes_epilog({"finetune": RECIPES["finetune"]}))
     d = p.add_argument_group("data and weights")
     d.add_argument("--weights", type=Path, required=True, help="a .safetensors file (timm, Hugging Face or ours)")
     d.add_argument("--data", type=Path, required=True, help="image folder: root/<class>/... or root/{train,val}/...")
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> dict:
     p, args, cfg = parse_args(argv)
+    if args.print_config:  # the model is the file's: see the line printed when it loads
+        print_config(cfg)
+        return {}
     rt = runtime(args)
     model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size, patch_embed=args.patch,
                                   drop_path_rate=cfg.drop_path)

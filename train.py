@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vit.augment import BATCH_PRESETS
-from vit.cli import add_common_args, check_system_args, run, run_cli, runtime, train_config
+from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
 from vit.config import FOLDER_AUGS, TrainConfig
 from vit.data import TENSOR_DATASETS, folder_data, tensor_data
 from vit.model import PRESETS, ViTConfig, VisionTransformer, count_params
@@ -33,7 +33,8 @@ MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=recipes_epilog({k: RECIPES[k] for k in RECIPE_PRESETS}, RECIPE_PRESETS))
     d = p.add_argument_group("data")
     d.add_argument("--data", default="mnist", help=f"{' | '.join(TENSOR_DATASETS)} | PATH to an image folder")
     d.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (or are downloaded to)")
@@ -94,6 +95,9 @@ def model_config(p: argparse.ArgumentParser, args: argparse.Namespace, cfg: Trai
 def main(argv: list[str] | None = None) -> dict:
     p, args, cfg = parse_args(argv)
     model_cfg = model_config(p, args, cfg)
+    if args.print_config:  # num_classes is the preset's until the data is read
+        print_config(cfg, asdict(model_cfg))
+        return {}
     rt = runtime(args)
     if args.kind == "folder":
         name = Path(args.data).resolve().name

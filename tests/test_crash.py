@@ -261,7 +261,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan") if len(calls) > 3 else loss  # 96 images / 32 = 3 steps an epoch
 
     monkeypatch.setattr(engine, "soft_cross_entropy", nan_in_second_epoch)
-    with pytest.raises(VitError, match=rf"training diverged: loss is nan in epoch 2.*last good checkpoint is kept in {out}"):
+    with pytest.raises(VitError, match=rf"training diverged: loss is nan in epoch 2.*the state after epoch 1 is kept in {out}"):
         _run(data, out, 3)
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["epoch"] == 1

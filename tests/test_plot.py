@@ -167,3 +167,18 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         line_chart(tmp_path / "taken.png", {}, "", "", "", size=(200, 150))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "sub", "taken.png"]
+
+
+def test_heatmap_writes_the_counts_of_a_15_class_confusion_matrix(tmp_path: Path, monkeypatch) -> None:
+    written = []
+    real_text = plot._Canvas.text
+
+    def record(self, x, y, s, *args, **kwargs):
+        written.append(s)
+        return real_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(plot._Canvas, "text", record)
+    counts = [[100 + 15 * i + j for j in range(15)] for i in range(15)]  # 225 distinct values
+    names = [f"class {i}" for i in range(15)]
+    heatmap(tmp_path / "confusion.png", counts, names, names, "confusion", xlabel="predicted", ylabel="true")
+    assert {str(v) for row in counts for v in row} <= set(written)

@@ -5,15 +5,16 @@ fields themselves are the table from flags to the config: a flag left out keeps 
 and the config's own checks become argparse errors naming the flag (exit 2). Runtime flags (device,
 attention kernel, threads, ...) become a `Runtime`; output flags pick the run folder. `run_cli` is the
 one wrapper every entry point runs its main() in: a `VitError` (a user mistake or a bad file)
-becomes one line on stderr and exit 1, never a traceback.
+becomes one line on stderr and exit 1, Ctrl-C one line and exit 130, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +53,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--ema", type=float,
                    help="decay of an exponential moving average of the weights, evaluated and saved in their place (0 = off)")
     s = parser.add_argument_group("system")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where to train (auto: CUDA, else MPS, else the CPU)")
     s.add_argument("--attn", choices=("auto", "fused", "explicit"), default="auto",
                    help="F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v; "
                         "auto: explicit on the CPU (faster there for these small models, README), else fused")
@@ -66,6 +68,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--output", type=Path, help="output folder (default: runs/<name>-<timestamp>)")
     w.add_argument("--resume", help="'auto' (newest run of this name), a run folder or its state.pt")
     w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
+    w.add_argument("--print-config", action="store_true",
+                   help="print the run config (the recipe with your flags applied) and the model, then exit")
     w.add_argument("--save-every", type=int, help="write the resume state every N epochs")
     w.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
     w.add_argument("--tta", choices=TTA_VIEWS, help="test-time augmentation of the final evaluation: the mean "
@@ -85,6 +89,22 @@ def train_config(parser: argparse.ArgumentParser, args: argparse.Namespace, reci
         return recipe.replace(**given)
     except ConfigError as e:
         parser.error(f"{flag(e.field)} {e.problem}")
+
+
+def recipes_epilog(recipes: dict[str, TrainConfig], presets: dict[str, str] | None = None) -> str:
+    """The per-dataset defaults as a small table for --help (every field: --print-config)."""
+    rows = [("recipe", "model", "epochs", "batch", "lr", "aug", "patch-dropout", "tta")]
+    for name, r in recipes.items():
+        rows.append((name, (presets or {}).get(name, "from --weights"), str(r.epochs), str(r.batch_size), f"{r.lr:g}",
+                     r.aug, f"{r.patch_dropout:g}", r.tta))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "defaults per dataset (vit/recipes.py; any flag overrides them; --print-config shows all):\n" + "\n".join(lines)
+
+
+def print_config(cfg: TrainConfig, model: dict | None = None) -> None:
+    """--print-config: the resolved run config and model config as JSON on stdout."""
+    print(json.dumps({"config": asdict(cfg), **({"model": model} if model is not None else {})}, indent=2))
 
 
 def check_system_args(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: TrainConfig) -> None:
@@ -111,7 +131,7 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
         run_name: str, metadata: dict[str, str] | None = None) -> dict:
     """What both scripts do once model and data are built: find the run folder (--output, --resume),
     then train (or, with --eval-only, score the saved state), and end the DDP job."""
-    out, resume_from = run_folder(args.resume, args.output, run_name)
+    out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, say=rt.main)
     fallback = args.resume == "auto"
     if args.eval_only:
         if resume_from is None:
@@ -124,9 +144,13 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Runs an entry point's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1."""
+    """Runs an entry point's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1,
+    Ctrl-C one line saying what was kept and exit 130 (128 + SIGINT, as a shell reports it)."""
     try:
         main()
     except VitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:
+        print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
+        sys.exit(130)

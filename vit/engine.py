@@ -29,8 +29,8 @@ from .config import TrainConfig
 from .data import Data, mix_seed
 from .formats import VitError
 from .model import VisionTransformer, count_params, param_groups
-from .runs import (STATE_FILE, read_resume_state, remove_stale_temporaries, save_state, versions, write_json,
-                   write_metrics, write_results)
+from .runs import (STATE_FILE, read_resume_state, remove_stale_temporaries, remove_unstarted, save_state, versions,
+                   write_json, write_metrics, write_results)
 from .runtime import Runtime
 from .weights import save_checkpoint
 
@@ -292,6 +292,23 @@ def _final(result: dict, history: list[dict], data: Data, model: nn.Module, cfg:
     return results
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `fit`, with what the user needs to know: what was saved, and how to continue."""
+
+
+def _stopped(e: BaseException, out: Path, saved: int | None, rt: Runtime) -> BaseException:
+    """The exception to raise for a run stopped by Ctrl-C or a diverged loss, after removing its
+    folder when nothing was saved yet (so no empty run is left for the user or --resume auto)."""
+    removed = rt.main and saved is None and remove_unstarted(out)
+    kept = (f"the state after epoch {saved} is kept in {out}" if saved is not None
+            else f"no epoch was saved{'; removed ' + str(out) if removed else ''}")
+    if isinstance(e, Diverged):
+        return VitError(f"training diverged: {e}; {kept}")
+    if saved is None:
+        return Interrupted(f"interrupted before the first epoch was saved; {kept}")
+    return Interrupted(f"interrupted after epoch {saved}; continue with --resume auto --output {out}")
+
+
 def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime | None = None,
         out: str | Path | None = None, resume_from: Path | None = None, fallback: bool = False,
         metadata: dict[str, str] | None = None) -> dict:
@@ -321,35 +338,36 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})
     estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
     best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
-    run_start, result = time.perf_counter(), None
-    while epoch < cfg.epochs:
-        model.patch_dropout = 0.0 if epoch >= cfg.epochs - cfg.unmasked_epochs else cfg.patch_dropout
-        try:
+    run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None
+    try:
+        while epoch < cfg.epochs:
+            model.patch_dropout = 0.0 if epoch >= cfg.epochs - cfg.unmasked_epochs else cfg.patch_dropout
             stats, step = train_epoch(net, data, opt, cfg, rt, epoch, step, total_steps, warmup_steps, ema, estimate)
-        except Diverged as e:
-            raise VitError(f"training diverged: {e}; the last good checkpoint is kept in {out}") from None
-        epoch += 1
-        history.append({"epoch": epoch, **stats})
-        evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-        if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
-            tta = cfg.tta if epoch == cfg.epochs else "none"
-            result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, tta)
-            history[-1].update(val_loss=result.get("single_loss", result["loss"]),
-                               val_acc=result.get("single_acc", result["acc"]))
-            if tta != "none":
-                history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
-        if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
-            raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
-            history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
-        if rt.main:
-            print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
-            save_checkpoint(out / "last.safetensors", scored, metadata)
-            if evaluated and history[-1]["val_acc"] > best:
-                best = history[-1]["val_acc"]
-                save_checkpoint(out / "best.safetensors", scored, metadata)
-            if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                save_state(out / STATE_FILE, model, opt, epoch, step, history, None if ema is None else ema.model)
-            write_metrics(out, history, data.split)
+            epoch += 1
+            history.append({"epoch": epoch, **stats})
+            evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+            if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
+                tta = cfg.tta if epoch == cfg.epochs else "none"
+                result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, tta)
+                history[-1].update(val_loss=result.get("single_loss", result["loss"]),
+                                   val_acc=result.get("single_acc", result["acc"]))
+                if tta != "none":
+                    history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
+            if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
+                raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+                history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
+            if rt.main:
+                print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
+                save_checkpoint(out / "last.safetensors", scored, metadata)
+                if evaluated and history[-1]["val_acc"] > best:
+                    best = history[-1]["val_acc"]
+                    save_checkpoint(out / "best.safetensors", scored, metadata)
+                if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+                    save_state(out / STATE_FILE, model, opt, epoch, step, history, None if ema is None else ema.model)
+                    saved = epoch
+                write_metrics(out, history, data.split)
+    except (KeyboardInterrupt, Diverged) as e:
+        raise _stopped(e, out, saved, rt) from None
     if result is None:  # resumed a finished run: evaluate what it left
         result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, cfg.tta)
     results = _final(result, history, data, model, cfg, rt, best, time.perf_counter() - run_start)

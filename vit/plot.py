@@ -356,8 +356,8 @@ def _cell_text(v: float, all_int: bool, biggest: float) -> str:
 def heatmap(path: str | os.PathLike, matrix: list[list[float]], row_labels: list[str], col_labels: list[str],
             title: str, size: tuple[int, int] = (700, 600), xlabel: str = "", ylabel: str = "",
             vmin: float | None = None, vmax: float | None = None) -> None:
-    """Matrix as coloured cells (row 0 at the top) with a colour bar; values written in the cells
-    when the matrix is at most 12 x 12. The colour scale spans [vmin, vmax], by default the data's
+    """Matrix as coloured cells (row 0 at the top) with a colour bar; values written in every cell
+    they fit in. The colour scale spans [vmin, vmax], by default the data's
     min and max. For a confusion matrix: rows = true class (ylabel), columns = predicted (xlabel)."""
     rows, cols = len(matrix), max((len(r) for r in matrix), default=0)
     if rows == 0 or cols == 0 or any(len(r) != cols for r in matrix):
@@ -389,7 +389,6 @@ def heatmap(path: str | os.PathLike, matrix: list[list[float]], row_labels: list
     # label every k-th row / column so labels never overlap
     krow = max(1, math.ceil((TICK_PX + 2) / cell))
     kcol = krow if slanted else max(1, math.ceil((col_w + 6) / cell))
-    show_vals = rows <= 12 and cols <= 12
     all_int = all(v == int(v) for v in vals)
     biggest = max([abs(v) for v in vals] + [0.0])
     value_px = max(8, min(TICK_PX, int(cell / 3.2)))
@@ -399,7 +398,7 @@ def heatmap(path: str | os.PathLike, matrix: list[list[float]], row_labels: list
             colour = colormap((v - lo) / (hi - lo)) if _finite(v) else colormap(math.nan)
             box = (x0 + j * cell, y0 + i * cell, x0 + (j + 1) * cell, y0 + (i + 1) * cell)
             c.rect(box, fill=colour)
-            if show_vals and _finite(v):
+            if _finite(v):  # the value in the cell, wherever it fits
                 lum = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
                 text = _cell_text(v, all_int, biggest)
                 if c.text_w(text, value_px) <= cell - 2:

@@ -38,27 +38,73 @@ STATE_FILE, PREV_STATE_FILE = "state.pt", "state.prev.pt"
 STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
 
 
-def run_folder(resume: str | None, output: Path | None, run_name: str,
-               runs_dir: Path = Path("runs")) -> tuple[Path, Path | None]:
+def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: int,
+               runs_dir: Path = Path("runs"), say: bool = True) -> tuple[Path, Path | None]:
     """The output folder and the state.pt to resume from (None: a fresh start).
 
-    resume 'auto': the state in `output` if given, else in the newest runs/<run_name>-* folder, else a
-    fresh start (a folder with only state.prev.pt counts: `read_resume_state` falls back to it);
-    resume PATH: a run folder or its state.pt, which must exist. Without `output` a new run goes to
+    resume 'auto' with `output`: the state in that folder, else a fresh start there. 'auto' without
+    it: the newest runs/<run_name>-* folder. If that run finished (its results.json has `epochs` or
+    more), a new run starts; if it has no state yet (it stopped before its first epoch was saved), it
+    starts afresh in that folder; otherwise it resumes (a folder with only state.prev.pt counts:
+    `read_resume_state` falls back to it). Each choice is said on stderr (`say`). resume PATH: a run
+    folder or its state.pt, which must exist. Without `output` a new run goes to
     runs/<run_name>-<timestamp>.
     """
+    fresh = output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume == "auto":
         folders = [output] if output else sorted(runs_dir.glob(f"{run_name}-*"), key=os.path.getmtime)
-        resumable = [f for f in folders if (f / STATE_FILE).exists() or (f / PREV_STATE_FILE).exists()]
-        if resumable:
-            return resumable[-1], resumable[-1] / STATE_FILE
-    elif resume:
+        if not folders:
+            return fresh, None
+        newest = folders[-1]
+        if has_state(newest):
+            if output is None and finished_epochs(newest) >= epochs:
+                _say(say, f"--resume auto: the newest run {newest} finished its {finished_epochs(newest)} epochs; "
+                          f"starting a new run in {fresh}")
+                return fresh, None
+            return newest, newest / STATE_FILE
+        if output is None:
+            _say(say, f"--resume auto: the newest run {newest} has no saved state yet (it stopped before its first "
+                      "epoch was saved); starting it again from the beginning")
+        return newest, None
+    if resume:
         path = Path(resume)
         path = path / STATE_FILE if path.is_dir() else path
         if not path.exists():
             raise VitError(f"--resume {resume}: {path} does not exist")
         return path.parent, path
-    return output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}", None
+    return fresh, None
+
+
+def has_state(folder: Path) -> bool:
+    return (folder / STATE_FILE).exists() or (folder / PREV_STATE_FILE).exists()
+
+
+def finished_epochs(folder: Path) -> int:
+    """The epochs of the finished run in `folder` (its results.json), or 0 if it has not finished."""
+    try:
+        epochs = json.loads((folder / "results.json").read_text()).get("epochs", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return epochs if isinstance(epochs, int) else 0
+
+
+def remove_unstarted(out: Path) -> bool:
+    """Deletes `out` if it holds nothing a user could want (no state, no weights: at most args.json and
+    half-written temporaries), so a run stopped before its first epoch leaves nothing behind."""
+    if not out.is_dir():
+        return False
+    files = list(out.iterdir())
+    if any(f.name != "args.json" and ".tmp-" not in f.name for f in files):
+        return False
+    for f in files:
+        f.unlink(missing_ok=True)
+    out.rmdir()
+    return True
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------
