@@ -34,7 +34,9 @@ FAST_KILLS = 2  # kill points in the default run (each costs one process start, 
 SLOW_KILLS = 24  # kill points under -m slow
 TINY = ["--embed-dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
 OUTPUTS = {"args.json", "metrics.csv", "curves.png", "last.safetensors", "best.safetensors", "state.pt",
-           "state.prev.pt", "results.json", "confusion.png"}
+           "state.prev.pt", "results.json", "confusion.png",
+           ".lock",  # a killed process's lock: stale, taken over by the next launch
+           "state.pt.next"}  # a whole new state, killed before its renames (state.pt or state.prev.pt is kept)
 SUMMARY = re.compile(r"^epoch\s+(\d+)/(\d+)\s", re.M)  # the per-epoch line train.py prints on stdout
 START_WINDOW_S = 4.0  # a kill anchored at the launch lands in imports, data loading or the first epochs
 EPOCH_WINDOW_S = 0.4  # a kill anchored at an epoch's summary line lands in the next epochs or their saves

@@ -67,6 +67,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     w = parser.add_argument_group("output")
     w.add_argument("--output", type=Path, help="output folder (default: runs/<name>-<timestamp>)")
     w.add_argument("--resume", help="'auto' (newest run of this name), a run folder or its state.pt")
+    w.add_argument("--overwrite", action="store_true", help="start afresh in an --output folder that holds a run, "
+                                                            "replacing its files")
     w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
     w.add_argument("--print-config", action="store_true",
                    help="print the run config (the recipe with your flags applied) and the model, then exit")
@@ -119,6 +121,8 @@ def check_system_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
                      f"({cfg.accum_steps} x {processes})")
     if args.eval_only and not args.resume:
         parser.error("--eval-only needs --resume PATH (or auto)")
+    if args.overwrite and args.resume:
+        parser.error("--overwrite starts afresh; it cannot be combined with --resume")
 
 
 def runtime(args: argparse.Namespace) -> Runtime:
@@ -131,7 +135,8 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
         run_name: str, metadata: dict[str, str] | None = None) -> dict:
     """What both scripts do once model and data are built: find the run folder (--output, --resume),
     then train (or, with --eval-only, score the saved state), and end the DDP job."""
-    out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, say=rt.main)
+    out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, say=rt.main,
+                                  overwrite=args.overwrite and rt.main)
     fallback = args.resume == "auto"
     if args.eval_only:
         if resume_from is None:

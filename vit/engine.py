@@ -29,8 +29,8 @@ from .config import TrainConfig
 from .data import Data, mix_seed
 from .formats import VitError
 from .model import VisionTransformer, count_params, param_groups
-from .runs import (STATE_FILE, read_resume_state, remove_stale_temporaries, remove_unstarted, save_state, versions,
-                   write_json, write_metrics, write_results)
+from .runs import (STATE_FILE, claimed, read_resume_state, remove_unstarted, save_state, versions, write_json,
+                   write_metrics, write_results)
 from .runtime import Runtime
 from .weights import save_checkpoint
 
@@ -255,9 +255,11 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, pat
     None). The EMA exists with cfg.ema > 0, or with `keep_ema` when the state holds one."""
     state, epoch, step, history = None, 0, 0, []
     if path is not None:
-        state, path = read_resume_state(path, fallback)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        def apply(state: dict) -> None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+
+        state, path = read_resume_state(path, fallback, apply)
         epoch, step, history = state["epoch"], state["step"], state["history"]
         if rt.main:
             print(f"resumed from {path} after epoch {epoch}", file=sys.stderr)
@@ -297,11 +299,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _stopped(e: BaseException, out: Path, saved: int | None, rt: Runtime) -> BaseException:
-    """The exception to raise for a run stopped by Ctrl-C or a diverged loss, after removing its
-    folder when nothing was saved yet (so no empty run is left for the user or --resume auto)."""
+    """The exception to raise for a run stopped by Ctrl-C, a diverged loss or a failed write, after
+    removing its folder when nothing was saved yet (so no empty run is left for the user or --resume auto)."""
     removed = rt.main and saved is None and remove_unstarted(out)
     kept = (f"the state after epoch {saved} is kept in {out}" if saved is not None
             else f"no epoch was saved{'; removed ' + str(out) if removed else ''}")
+    if isinstance(e, OSError):
+        what = (e.strerror or str(e)).lower()
+        where = f" while writing {Path(e.filename).name.split('.tmp-')[0].removesuffix('.next')}" if e.filename else ""
+        return VitError(f"{what}{where} in {out}; {kept}")
     if isinstance(e, Diverged):
         return VitError(f"training diverged: {e}; {kept}")
     if saved is None:
@@ -319,65 +325,64 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
     names, normalisation and command line in their metadata (plus `metadata`)."""
     rt = rt or Runtime(torch.device("cpu"))
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
-                "args": json.dumps(sys.argv), **(metadata or {})}
-    model.to(rt.device).set_fused_attn(rt.fused_attn)
-    opt = build_optimizer(model, cfg)
-    epoch, step, history, ema = _restore(model, opt, cfg, resume_from, fallback, rt)
-    scored = model if ema is None else ema.model  # the weights evaluated, saved and reported
-    net = model
-    if rt.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    if rt.compile:
-        net = torch.compile(net)
-    steps_per_epoch, num_classes = len(data.train), len(data.classes)
-    if steps_per_epoch == 0:
-        raise VitError(f"the training set is smaller than one batch of {cfg.batch_size} images; lower the batch size")
-    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
-    if rt.main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})
-    estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
-    best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
-    run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None
-    try:
-        while epoch < cfg.epochs:
-            model.patch_dropout = 0.0 if epoch >= cfg.epochs - cfg.unmasked_epochs else cfg.patch_dropout
-            stats, step = train_epoch(net, data, opt, cfg, rt, epoch, step, total_steps, warmup_steps, ema, estimate)
-            epoch += 1
-            history.append({"epoch": epoch, **stats})
-            evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-            if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
-                tta = cfg.tta if epoch == cfg.epochs else "none"
-                result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, tta)
-                history[-1].update(val_loss=result.get("single_loss", result["loss"]),
-                                   val_acc=result.get("single_acc", result["acc"]))
-                if tta != "none":
-                    history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
-            if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
-                raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
-                history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
+    with claimed(out, rt.main):  # one run per folder: a second process is refused, naming the first
+        metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
+                    "args": json.dumps(sys.argv), **(metadata or {})}
+        model.to(rt.device).set_fused_attn(rt.fused_attn)
+        opt = build_optimizer(model, cfg)
+        epoch, step, history, ema = _restore(model, opt, cfg, resume_from, fallback, rt)
+        scored = model if ema is None else ema.model  # the weights evaluated, saved and reported
+        net = model
+        if rt.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        if rt.compile:
+            net = torch.compile(net)
+        steps_per_epoch, num_classes = len(data.train), len(data.classes)
+        if steps_per_epoch == 0:
+            raise VitError(f"the training set is smaller than one batch of {cfg.batch_size} images; lower the batch size")
+        total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+        if rt.main:
+            write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})
+        estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
+        best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
+        run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None
+        try:
+            while epoch < cfg.epochs:
+                model.patch_dropout = 0.0 if epoch >= cfg.epochs - cfg.unmasked_epochs else cfg.patch_dropout
+                stats, step = train_epoch(net, data, opt, cfg, rt, epoch, step, total_steps, warmup_steps, ema, estimate)
+                epoch += 1
+                history.append({"epoch": epoch, **stats})
+                evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+                if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
+                    tta = cfg.tta if epoch == cfg.epochs else "none"
+                    result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, tta)
+                    history[-1].update(val_loss=result.get("single_loss", result["loss"]),
+                                       val_acc=result.get("single_acc", result["acc"]))
+                    if tta != "none":
+                        history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
+                if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
+                    raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+                    history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
+                if rt.main:
+                    print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
+                    save_checkpoint(out / "last.safetensors", scored, metadata)
+                    if evaluated and history[-1]["val_acc"] > best:
+                        best = history[-1]["val_acc"]
+                        save_checkpoint(out / "best.safetensors", scored, metadata)
+                    if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+                        save_state(out / STATE_FILE, model, opt, epoch, step, history, None if ema is None else ema.model)
+                        saved = epoch
+                    write_metrics(out, history, data.split)
+            if result is None:  # resumed a finished run: evaluate what it left
+                result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, cfg.tta)
+            results = _final(result, history, data, model, cfg, rt, best, time.perf_counter() - run_start)
             if rt.main:
-                print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
-                save_checkpoint(out / "last.safetensors", scored, metadata)
-                if evaluated and history[-1]["val_acc"] > best:
-                    best = history[-1]["val_acc"]
-                    save_checkpoint(out / "best.safetensors", scored, metadata)
-                if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                    save_state(out / STATE_FILE, model, opt, epoch, step, history, None if ema is None else ema.model)
-                    saved = epoch
-                write_metrics(out, history, data.split)
-    except (KeyboardInterrupt, Diverged) as e:
-        raise _stopped(e, out, saved, rt) from None
-    if result is None:  # resumed a finished run: evaluate what it left
-        result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, cfg.tta)
-    results = _final(result, history, data, model, cfg, rt, best, time.perf_counter() - run_start)
-    if rt.main:
-        write_results(out, results, data.classes)
-        print(f"final {data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images)"
-              f"{tta_note(result, cfg.tta)}, {results['train_seconds']:.0f}s training, outputs in {out}", flush=True)
-    return results
+                write_results(out, results, data.classes)
+                print(f"final {data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images)"
+                      f"{tta_note(result, cfg.tta)}, {results['train_seconds']:.0f}s training, outputs in {out}", flush=True)
+        except (KeyboardInterrupt, Diverged, OSError) as e:  # OSError: writing the outputs (a full disk)
+            raise _stopped(e, out, saved, rt) from None
+        return results
 
 
 def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state: Path, *, rt: Runtime | None = None,

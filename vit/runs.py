@@ -24,7 +24,9 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import PIL
@@ -39,7 +41,7 @@ STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
 
 
 def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: int,
-               runs_dir: Path = Path("runs"), say: bool = True) -> tuple[Path, Path | None]:
+               runs_dir: Path = Path("runs"), say: bool = True, overwrite: bool = False) -> tuple[Path, Path | None]:
     """The output folder and the state.pt to resume from (None: a fresh start).
 
     resume 'auto' with `output`: the state in that folder, else a fresh start there. 'auto' without
@@ -47,7 +49,8 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
     more), a new run starts; if it has no state yet (it stopped before its first epoch was saved), it
     starts afresh in that folder; otherwise it resumes (a folder with only state.prev.pt counts:
     `read_resume_state` falls back to it). Each choice is said on stderr (`say`). resume PATH: a run
-    folder or its state.pt, which must exist. Without `output` a new run goes to
+    folder or its state.pt, which must exist. No resume: a new run in `output`, refused if that
+    folder holds a run unless `overwrite` (which removes its files first), else in
     runs/<run_name>-<timestamp>.
     """
     fresh = output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -68,15 +71,40 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
         return newest, None
     if resume:
         path = Path(resume)
-        path = path / STATE_FILE if path.is_dir() else path
+        if path.is_dir():
+            path = path / STATE_FILE
+            if not path.exists() and (path.parent / PREV_STATE_FILE).exists():  # stopped between the two renames
+                _say(say, f"--resume {resume}: no {STATE_FILE}; resuming from the previous state {PREV_STATE_FILE}")
+                path = path.parent / PREV_STATE_FILE
         if not path.exists():
             raise VitError(f"--resume {resume}: {path} does not exist")
         return path.parent, path
+    if output is not None and holds_run(output) and overwrite:
+        _say(say, f"--overwrite: replacing the run in {output}")
+        clear_run(output)
+    if output is not None and holds_run(output):
+        raise VitError(f"--output {output} holds a run; use --resume auto to continue it, another --output, "
+                       "or --overwrite to replace it")
     return fresh, None
 
 
 def has_state(folder: Path) -> bool:
     return (folder / STATE_FILE).exists() or (folder / PREV_STATE_FILE).exists()
+
+
+RUN_FILES = (STATE_FILE, PREV_STATE_FILE, "last.safetensors", "best.safetensors", "results.json", "metrics.csv",
+             "curves.png", "confusion.png", "args.json")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a run's outputs (a state, weights or results), which a fresh start would replace."""
+    return any((folder / name).exists() for name in RUN_FILES[:5])
+
+
+def clear_run(folder: Path) -> None:
+    """--overwrite: removes the files a run writes (and nothing else) from `folder`."""
+    for name in RUN_FILES + (STATE_FILE + ".next",):
+        (folder / name).unlink(missing_ok=True)
 
 
 def finished_epochs(folder: Path) -> int:
@@ -94,7 +122,7 @@ def remove_unstarted(out: Path) -> bool:
     if not out.is_dir():
         return False
     files = list(out.iterdir())
-    if any(f.name != "args.json" and ".tmp-" not in f.name for f in files):
+    if any(f.name not in ("args.json", LOCK_FILE) and ".tmp-" not in f.name for f in files):
         return False
     for f in files:
         f.unlink(missing_ok=True)
@@ -119,23 +147,63 @@ def load_state(path: Path) -> dict:
         raise VitError(f"{path}: not a readable resume state ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not STATE_KEYS <= set(state):
         raise VitError(f"{path}: not a resume state written by this project")
+    problem = _state_problem(state)
+    if problem:
+        raise VitError(f"{path}: not a resume state written by this project ({problem})")
     return state
 
 
-def read_resume_state(path: Path, fallback: bool) -> tuple[dict, Path]:
-    """The resume state at `path` and the file it was read from.
+def _is_tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
-    With `fallback` (--resume auto), a missing or unreadable state.pt gives way to the state.prev.pt
-    that save_state keeps beside it (one save older), saying so on stderr; an explicit path never does.
+
+def _state_problem(state: dict) -> str:
+    """What is wrong with the types in a resume state, or ''."""
+    if not _is_tensor_dict(state["model"]):
+        return "'model' is not a non-empty dict of named tensors"
+    if "ema" in state and not _is_tensor_dict(state["ema"]):
+        return "'ema' is not a non-empty dict of named tensors"
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and opt["param_groups"]):
+        return "'optimizer' is not an optimizer state (state, param_groups)"
+    for key in ("epoch", "step"):
+        if not (isinstance(state[key], int) and not isinstance(state[key], bool) and state[key] >= 0):
+            return f"{key!r} is {str(state[key])[:30]!r}, not a count"
+    if not (isinstance(state["history"], list) and all(isinstance(h, dict) for h in state["history"])):
+        return "'history' is not a list of per-epoch records"
+    return ""
+
+
+def read_resume_state(path: Path, fallback: bool, apply: Callable[[dict], None] = lambda state: None
+                      ) -> tuple[dict, Path]:
+    """The resume state at `path`, once `apply(state)` has loaded it (into a model and optimizer), and
+    the file it came from. A state that does not fit (`apply` raises: wrong shapes or keys) is a
+    VitError naming the file.
+
+    With `fallback` (--resume auto), a missing, unreadable or unfitting state.pt gives way to the
+    state.prev.pt that save_state keeps beside it (one save older), saying so on stderr; an explicit
+    path never does.
     """
     prev = path.with_name(PREV_STATE_FILE)
     try:
-        return load_state(path), path
+        return _apply(path, apply), path
     except VitError as e:
         if not (fallback and path.name == STATE_FILE and prev.exists()):
             raise
         print(f"warning: {e}; resuming from the previous state {prev} instead", file=sys.stderr)
-    return load_state(prev), prev
+    return _apply(prev, apply), prev
+
+
+def _apply(path: Path, apply: Callable[[dict], None]) -> dict:
+    state = load_state(path)
+    try:
+        apply(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitError(f"{path}: the saved state does not fit this model and optimizer ({first[:300]})") from None
+    return state
 
 
 def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
@@ -147,10 +215,76 @@ def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: 
     if ema_model is not None:
         state["ema"] = ema_model.state_dict()
     torch.save(state, buffer)
-    if path.exists():  # keep the last good state (atomically renamed) until the new one is in place
-        os.replace(path, path.with_name(PREV_STATE_FILE))
-    with atomic_write(path) as f:
+    # The new state is written whole (and fsynced) under another name first, so a full disk or a kill
+    # while writing leaves state.pt as it was; only then do two renames rotate it into place.
+    staged = path.with_name(path.name + ".next")
+    with atomic_write(staged) as f:
         f.write(buffer.getvalue())
+    if path.exists():
+        os.replace(path, path.with_name(PREV_STATE_FILE))
+    os.replace(staged, path)
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run(out: Path) -> Path:
+    """Claims `out` for this process with a lock file holding its PID and host; another live process's
+    lock is a VitError naming it, a lock left by a killed process is taken over. Returns the lock."""
+    lock, me = out / LOCK_FILE, f"{os.getpid()} {platform.node()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None:
+                raise VitError(f"{out} is in use by another run (process {owner}); wait for it to finish, "
+                               "or choose another --output") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        return lock
+    raise VitError(f"{out}: cannot take the lock {lock}")
+
+
+def _lock_owner(lock: Path) -> str | None:
+    """'PID on HOST' of a lock's live owner, or None when the lock is stale (its process is gone)."""
+    try:
+        pid_text, _, host = lock.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: treated as stale
+    if host and host != platform.node():
+        return f"{pid} on {host}"  # another machine's process (a shared folder): cannot check, assume alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return str(pid)
+
+
+@contextmanager
+def claimed(out: Path, enabled: bool = True) -> Iterator[None]:
+    """The run folder made and locked for this process (`lock_run`) while the block runs, the
+    half-written files of a killed run removed first; the lock is released when the block ends."""
+    if not enabled:  # DDP: only the main process writes, and claims
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VitError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    lock = lock_run(out)
+    try:
+        remove_stale_temporaries(out)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -1,0 +1,157 @@
+"""A run's folder when the machine or the user misbehaves: a full disk, two runs on one folder, a fresh
+run into a finished one, a resume state that is not ours."""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit import runs
+from vit.cli import run_cli
+from vit.formats import VitError
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402  (a script at the repository root)
+
+TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1",
+        "--tta", "none"]
+
+
+def argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", "mnist", "--data-dir", str(data), "--no-download", "--output", str(out), *TINY, *extra]
+
+
+def exit_of(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: train.main(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return e.value.code, err
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_mnist(tmp_path / "data")
+
+
+def test_a_full_disk_is_one_message_and_keeps_the_last_good_state(tmp_path, data, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real, writes = runs.atomic_write, []
+
+    def full_on_the_second_state(path, mode="wb"):
+        if Path(path).name == "state.pt.next":
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.tmp-{os.getpid()}")
+        return real(path, mode)
+
+    monkeypatch.setattr(runs, "atomic_write", full_on_the_second_state)
+    code, err = exit_of(argv(data, out, "--epochs", "3"), capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (f"error: no space left on device while writing state.pt in {out}; "
+                                            f"the state after epoch 1 is kept in {out}")
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
+    assert not list(out.glob("*.tmp-*")) and not (out / "state.pt.next").exists() and not (out / ".lock").exists()
+    monkeypatch.undo()
+    results = train.main(argv(data, out, "--epochs", "3", "--resume", str(out)))
+    assert results["epochs"] == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0 if hasattr(os, "geteuid") else True, reason="mounting a tmpfs needs root")
+def test_a_really_full_disk(tmp_path, data, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, err = exit_of(argv(data, disk / "out", "--epochs", "2"), capsys)
+        assert code == 1 and "error: no space left on device while writing" in err
+        assert not list((disk / "out").glob("*.tmp-*")) if (disk / "out").exists() else True
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_explicit_resume_of_a_folder_finds_the_previous_state(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    train.main(argv(data, out, "--epochs", "2"))
+    (out / "state.pt").unlink()  # as if killed between the two renames of save_state
+    results = train.main(argv(data, out, "--epochs", "3", "--resume", str(out)))
+    err = capsys.readouterr().err
+    assert "no state.pt; resuming from the previous state state.prev.pt" in err and "after epoch 1" in err
+    assert results["epochs"] == 3
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_first(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(f"{os.getppid()} {platform.node()}\n")  # a live process: our parent
+    code, err = exit_of(argv(data, out, "--epochs", "1"), capsys)
+    assert code == 1 and f"{out} is in use by another run (process {os.getppid()})" in err
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(f"{dead.stdout.strip()} {platform.node()}\n")  # a killed run's stale lock
+    assert train.main(argv(data, out, "--epochs", "1"))["epochs"] == 1
+    assert not (out / ".lock").exists()
+
+
+def test_lock_is_exclusive_between_two_claims(tmp_path):
+    with runs.claimed(tmp_path / "run"):
+        lock = tmp_path / "run" / ".lock"
+        assert lock.read_text().split()[0] == str(os.getpid())
+        lock.write_text(f"{os.getppid()} {platform.node()}\n")  # another live process holds it now
+        with pytest.raises(VitError, match="is in use by another run"):
+            with runs.claimed(tmp_path / "run"):
+                pass
+    assert not lock.exists()
+
+
+def test_a_fresh_run_into_a_finished_run_is_refused_unless_overwrite(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    train.main(argv(data, out, "--epochs", "1"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = exit_of(argv(data, out, "--epochs", "1", "--seed", "1"), capsys)
+    assert code == 1
+    assert (f"error: --output {out} holds a run; use --resume auto to continue it, another --output, "
+            "or --overwrite to replace it") in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    train.main(argv(data, out, "--epochs", "1", "--seed", "1", "--overwrite"))
+    assert "--overwrite: replacing the run in" in capsys.readouterr().err
+    assert (out / "state.pt").read_bytes() != before["state.pt"]
+
+
+def _finished(tmp_path: Path, data: Path) -> Path:
+    out = tmp_path / "run"
+    train.main(argv(data, out, "--epochs", "2"))
+    return out
+
+
+HOSTILE = {
+    "model a list": lambda s: {**s, "model": [1, 2]},
+    "empty model": lambda s: {**s, "model": {}},
+    "empty optimizer": lambda s: {**s, "optimizer": {}},
+    "wrong shapes": lambda s: {**s, "model": {k: torch.zeros(3) for k in s["model"]}},
+    "missing key": lambda s: {**s, "model": dict(list(s["model"].items())[1:])},
+    "epoch a string": lambda s: {**s, "epoch": "two"},
+    "history not a list": lambda s: {**s, "history": {"epoch": 2}},
+}
+
+
+@pytest.mark.parametrize("how", HOSTILE)
+def test_a_state_that_is_not_ours_is_a_message_and_auto_falls_back(tmp_path, data, capsys, how):
+    out = _finished(tmp_path, data)
+    state = torch.load(out / "state.pt", weights_only=True)
+    torch.save(HOSTILE[how](state), out / "state.pt")
+    code, err = exit_of(argv(data, out, "--epochs", "3", "--resume", str(out / "state.pt")), capsys)
+    assert code == 1 and f"error: {out / 'state.pt'}: " in err
+    results = train.main(argv(data, out, "--epochs", "3", "--resume", "auto"))
+    err = capsys.readouterr().err
+    assert "resuming from the previous state" in err and f"resumed from {out / 'state.prev.pt'} after epoch 1" in err
+    assert results["epochs"] == 3
