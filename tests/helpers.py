@@ -1,8 +1,11 @@
-"""Tiny datasets the tests write themselves (pytest puts tests/ on sys.path: no __init__.py there)."""
+"""What several test files share: tiny datasets the tests write themselves, and a guard on Pillow's
+resize (pytest puts tests/ on sys.path: no __init__.py there)."""
 
 from pathlib import Path
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from vit.formats import write_idx
 
@@ -20,3 +23,18 @@ def write_mnist(root: Path, n_train: int = 96, n_test: int = 64) -> Path:
         write_idx(folder / f"{split}-images-idx3-ubyte", images)
         write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
     return root
+
+
+def limit_resizes(monkeypatch: pytest.MonkeyPatch, max_pixels: int) -> list[int]:
+    """Make every PIL resize larger than `max_pixels` an AssertionError raised before Pillow allocates it
+    (an unbounded resize of a 10000 x 1 strip is gigabytes); returns the pixel counts of the resizes made."""
+    pixels: list[int] = []
+    real_resize = Image.Image.resize
+
+    def resize(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        assert size[0] * size[1] <= max_pixels, f"resize to {size[0]} x {size[1]}, more than {max_pixels} pixels"
+        pixels.append(size[0] * size[1])
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    return pixels

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import limit_resizes
 from vit import augment
 from vit.augment import (
     BATCH_PRESETS,
@@ -316,6 +317,35 @@ def test_resize_centre_crop_resizes_the_shorter_side() -> None:
     assert out.size == (20, 20)
     with pytest.raises(ValueError, match="crop_pct"):
         ResizeCenterCrop(20, crop_pct=1.5)
+
+
+@pytest.mark.parametrize("w, h", [(50, 400), (400, 50), (37, 260)])  # up to 8:1: timm's exact resize-then-crop
+def test_resize_centre_crop_is_the_whole_resize_then_the_crop(w, h) -> None:
+    rng = np.random.default_rng(w * h)
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    new_w, new_h = (27, int(27 * h / w)) if w <= h else (int(27 * w / h), 27)  # short side int(24 / 0.875)
+    left, top = round((new_w - 24) / 2), round((new_h - 24) / 2)
+    whole = img.resize((new_w, new_h), Image.BICUBIC).crop((left, top, left + 24, top + 24))
+    assert np.array_equal(np.asarray(ResizeCenterCrop(24, crop_pct=0.875)(img)), np.asarray(whole))
+
+
+def test_resize_centre_crop_of_an_extreme_strip_resizes_only_the_crop(monkeypatch) -> None:
+    """A 10000 x 1 image resized whole for a 224 crop would be 2,480,000 x 248 pixels (2.5 GB)."""
+    resizes = limit_resizes(monkeypatch, 224 * 224)
+    for size in [(10000, 1), (1, 50000)]:
+        out = eval_transform(224, (0.5,) * 3, (0.5,) * 3)(pattern(*size), gen())
+        assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
+    assert len(resizes) == 4  # one axis at a time: the window's long axis, then its short one
+
+
+def test_resize_centre_crop_past_the_aspect_bound_is_the_whole_resize_within_a_few_levels() -> None:
+    rng = np.random.default_rng(0)  # 9:1, past MAX_ASPECT: only the crop's window is resized
+    wide = Image.fromarray(rng.integers(0, 256, (90, 810, 3), dtype=np.uint8))
+    for img in (wide, wide.transpose(Image.Transpose.TRANSPOSE)):  # short side 90 -> int(224 / 0.9) = 248
+        resized = img.resize((2232, 248) if img.width > img.height else (248, 2232), Image.BICUBIC)
+        whole = resized.crop((1004, 12, 1228, 236) if img.width > img.height else (12, 1004, 236, 1228))
+        diff = np.abs(np.asarray(ResizeCenterCrop(224, crop_pct=0.9)(img), int) - np.asarray(whole, int))
+        assert diff.max() <= 32 and diff.mean() < 1
 
 
 def test_train_transform_shape_determinism_and_pickling() -> None:

@@ -14,6 +14,7 @@ from vit.formats import VitError
 
 PAYLOAD = b"the real archive bytes " * 1000
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
+SIZE = len(PAYLOAD)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -66,7 +67,7 @@ def test_download_success_leaves_only_the_final_file(server, tmp_path, capsys):
     base, routes = server
     routes["/a/file.gz"] = PAYLOAD
     dest = tmp_path / "sub" / "file.gz"
-    assert download([f"{base}/a/file.gz"], dest, MD5) == dest
+    assert download([f"{base}/a/file.gz"], dest, MD5, SIZE) == dest
     assert dest.read_bytes() == PAYLOAD
     assert [p.name for p in dest.parent.iterdir()] == ["file.gz"]
     assert f"{base}/a/file.gz" in capsys.readouterr().err
@@ -81,7 +82,7 @@ def test_bad_first_mirror_falls_through_to_the_second(server, tmp_path, capsys, 
                        "404": 404, "500": 500, "cut short": _cut_short, "stall": _stall}[bad]
     routes["/m2/f"] = PAYLOAD
     dest = tmp_path / "f"
-    download([f"{base}/m1/f", f"{base}/m2/f"], dest, MD5, timeout=0.5)
+    download([f"{base}/m1/f", f"{base}/m2/f"], dest, MD5, SIZE, timeout=0.5)
     assert dest.read_bytes() == PAYLOAD
     assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temp file left behind
     err = capsys.readouterr().err
@@ -94,11 +95,11 @@ def test_all_mirrors_bad_names_every_url_and_where_to_put_the_file(server, tmp_p
     routes["/m2/f.gz"] = 404
     dest = tmp_path / "f.gz"
     with pytest.raises(VitError) as info:
-        download([f"{base}/m1/f.gz", f"{base}/m2/f.gz"], dest, MD5)
+        download([f"{base}/m1/f.gz", f"{base}/m2/f.gz"], dest, MD5, SIZE)
     message = str(info.value)
-    assert f"{base}/m1/f.gz: VitError: md5 mismatch" in message
+    assert f"{base}/m1/f.gz: VitError: the server announces 7 bytes, the file has {SIZE}" in message
     assert f"{base}/m2/f.gz: HTTPError" in message and "404" in message
-    assert f"place f.gz (md5 {MD5}) at {dest.resolve()} by hand, or run with network" in message
+    assert f"place f.gz (md5 {MD5}, {SIZE} bytes) at {dest.resolve()} by hand, or run with network" in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -108,7 +109,7 @@ def test_failed_download_keeps_an_existing_file_untouched(server, tmp_path):
     dest = tmp_path / "f"
     dest.write_bytes(b"old")
     with pytest.raises(VitError):
-        download([f"{base}/f"], dest, MD5)
+        download([f"{base}/f"], dest, MD5, SIZE)
     assert dest.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
@@ -116,7 +117,7 @@ def test_non_http_urls_are_refused(tmp_path):
     local = tmp_path / "local"
     local.write_bytes(PAYLOAD)
     with pytest.raises(VitError, match="only http and https"):
-        download([local.as_uri()], tmp_path / "out", MD5)
+        download([local.as_uri()], tmp_path / "out", MD5, SIZE)
     assert not (tmp_path / "out").exists()
 
 
@@ -148,7 +149,7 @@ def _all_files(root: Path) -> set:
 def test_extract_tar_takes_only_the_listed_members(tmp_path):
     archive = _make_tar(tmp_path / "ok.tar.gz")
     dest = tmp_path / "out"
-    extract_tar(archive, dest, ["pkg/a.bin", "pkg/b.txt"])
+    extract_tar(archive, dest, ["pkg/a.bin", "pkg/b.txt"], max_member_size=1000)
     assert (dest / "pkg/a.bin").read_bytes() == b"AAAA"
     assert (dest / "pkg/b.txt").read_bytes() == b"bee"
     assert _all_files(dest) == {Path("pkg"), Path("pkg/a.bin"), Path("pkg/b.txt")}
@@ -168,16 +169,16 @@ def test_extract_tar_refuses_hostile_members(tmp_path, kind):
     archive = _make_tar(tmp_path / "evil.tar.gz", extra)
     before = _all_files(tmp_path)
     with pytest.raises(VitError, match=r"evil\.tar\.gz: refusing archive, member .*(absolute|'\.\.'|link|device)"):
-        extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/b.txt"])
+        extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/b.txt"], max_member_size=1000)
     assert _all_files(tmp_path) == before  # nothing written anywhere, inside dest or out
 
 
 def test_extract_tar_missing_member_and_corrupt_archive(tmp_path):
     archive = _make_tar(tmp_path / "ok.tar.gz")
     with pytest.raises(VitError, match=r"missing members \['pkg/nope'\]"):
-        extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/nope"])
+        extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/nope"], max_member_size=1000)
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(archive.read_bytes()[:60])  # cut inside the gzip stream
     with pytest.raises(VitError, match=r"bad\.tar\.gz: cannot read tar archive"):
-        extract_tar(bad, tmp_path / "out2", ["pkg/a.bin"])
+        extract_tar(bad, tmp_path / "out2", ["pkg/a.bin"], max_member_size=1000)
     assert not (tmp_path / "out").exists() or _all_files(tmp_path / "out") == set()

@@ -3,9 +3,11 @@
 test_download.py covers a bad first mirror falling through to a good second one (wrong bytes, an HTML
 page with status 200, 404, 500, a body cut short, a server that never answers) and the basic tar
 refusals. Here: every fault as the only mirror (refused, nothing left behind, the message says what
-to do), a real TCP reset and a stall in the middle of the body, a redirect to a local file, the data
-layer after a failed download, and tar tricks through folder links and long names. Every timeout is
-0.5 s and every server-side stall ends when the test does, so nothing here can hang.
+to do), a real TCP reset and a stall in the middle of the body, redirects to a local file and to ftp,
+servers that trickle the headers or body (the per-file deadline), bodies longer than the file (cut off
+as they stream), the data layer after a failed download, and tar tricks through folder links, long
+names and oversized members. Every timeout is 0.5 s and every server-side stall ends when the test
+does, so nothing here can hang.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import struct
 import tarfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,12 +29,14 @@ import numpy as np
 import pytest
 
 from vit import data
+from vit import download as download_module
 from vit.data import load_tensor_dataset
 from vit.download import download, extract_tar
 from vit.formats import VitError
 
 PAYLOAD = b"the real archive bytes " * 2000
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
+SIZE = len(PAYLOAD)
 TIMEOUT = 0.5  # seconds; every server stall below lasts longer than this
 Route = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -115,6 +120,50 @@ def redirect_to_file(h: http.server.BaseHTTPRequestHandler) -> None:
     h.end_headers()
 
 
+def redirect_to_ftp(h: http.server.BaseHTTPRequestHandler) -> None:
+    h.send_response(302)
+    h.send_header("Location", "ftp://127.0.0.1:9/f.gz")  # port 9 (discard): nothing answers, were it followed
+    h.end_headers()
+
+
+def trickle_body(h: http.server.BaseHTTPRequestHandler) -> None:
+    """Headers at once, then the body one byte every 50 ms: every read succeeds well within the timeout."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(PAYLOAD)))
+    h.end_headers()
+    for i in range(len(PAYLOAD)):
+        h.wfile.write(PAYLOAD[i:i + 1])
+        h.wfile.flush()
+        if h.server.stop.wait(0.05):
+            return
+
+
+def trickle_headers(h: http.server.BaseHTTPRequestHandler) -> None:
+    """A status line, then one header that grows by a byte every 50 ms and never ends."""
+    h.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+    while not h.server.stop.wait(0.05):
+        h.wfile.write(b"a")
+        h.wfile.flush()
+
+
+def endless_chunked(h: http.server.BaseHTTPRequestHandler) -> None:
+    """A chunked body without end (no Content-Length to refuse up front): 64 KiB chunks until the client leaves."""
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = bytes(1 << 16)
+    while not h.server.stop.is_set():
+        h.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+
+
+def announce_10_gb(h: http.server.BaseHTTPRequestHandler) -> None:
+    """Announce 10 GB for the file, send a little of it, then stall."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(10 * 10**9))
+    h.end_headers()
+    h.wfile.write(PAYLOAD)
+    h.wfile.flush()
+    h.server.stop.wait(10 * TIMEOUT)
+
+
 FAULTS: dict[str, Route] = {
     "reset mid-file": reset_mid_file,
     "stall mid-file": stall_mid_file,
@@ -126,6 +175,11 @@ FAULTS: dict[str, Route] = {
     "404": status(404),
     "403": status(403),
     "redirect to a local file": redirect_to_file,
+    "redirect to ftp": redirect_to_ftp,
+    "one byte every 50 ms": trickle_body,
+    "headers one byte every 50 ms": trickle_headers,
+    "endless chunked body": endless_chunked,
+    "10 GB announced": announce_10_gb,
 }
 
 
@@ -136,11 +190,11 @@ def test_fault_on_the_only_mirror_is_refused_and_leaves_nothing(server, tmp_path
     dest = tmp_path / "dl" / "f.gz"
     start = time.monotonic()
     with pytest.raises(VitError) as e:
-        download([f"{base}/f.gz"], dest, MD5, timeout=TIMEOUT)
+        download([f"{base}/f.gz"], dest, MD5, SIZE, timeout=TIMEOUT)
     assert time.monotonic() - start < 10 * TIMEOUT  # a stall costs the timeout, not the stall
     message = str(e.value)
     assert f"{base}/f.gz: " in message
-    assert f"place f.gz (md5 {MD5}) at {dest.resolve()} by hand" in message
+    assert f"place f.gz (md5 {MD5}, {SIZE} bytes) at {dest.resolve()} by hand" in message
     assert list(dest.parent.iterdir()) == []  # no temp file, nothing under the final name
 
 
@@ -149,10 +203,70 @@ def test_new_faults_fall_through_to_the_next_mirror(server, tmp_path, fault, cap
     base, routes = server
     routes["/m1/f"], routes["/m2/f"] = FAULTS[fault], body(PAYLOAD)
     dest = tmp_path / "f"
-    assert download([f"{base}/m1/f", f"{base}/m2/f"], dest, MD5, timeout=TIMEOUT) == dest
+    assert download([f"{base}/m1/f", f"{base}/m2/f"], dest, MD5, SIZE, timeout=TIMEOUT) == dest
     assert dest.read_bytes() == PAYLOAD and [p.name for p in tmp_path.iterdir()] == ["f"]
     err = capsys.readouterr().err
     assert err.count("downloading") == 2 and err.count("failed") == 1
+
+
+@pytest.mark.parametrize("fault", ["one byte every 50 ms", "headers one byte every 50 ms"])
+def test_a_mirror_too_slow_for_the_deadline_is_given_up_for_the_next(server, tmp_path, fault, capsys):
+    """The timeout bounds one read; the deadline bounds the whole file, however the server paces its bytes."""
+    base, routes = server
+    routes["/m1/f"], routes["/m2/f"] = FAULTS[fault], body(PAYLOAD)
+    dest = tmp_path / "f"
+    start = time.monotonic()
+    assert download([f"{base}/m1/f", f"{base}/m2/f"], dest, MD5, SIZE, timeout=TIMEOUT, deadline=1.0) == dest
+    assert time.monotonic() - start < 1.0 + 2 * TIMEOUT  # the deadline, plus the good mirror's own time
+    assert dest.read_bytes() == PAYLOAD and [p.name for p in tmp_path.iterdir()] == ["f"]
+    assert "failed: VitError: gave up after 1 s, the deadline for the whole file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault", ["endless chunked body", "10 GB announced"])
+def test_a_body_longer_than_the_file_is_cut_off_before_it_is_written(server, tmp_path, fault, monkeypatch):
+    base, routes = server
+    routes["/f.gz"] = FAULTS[fault]
+    written = []
+    real_atomic_write = download_module.atomic_write
+
+    @contextmanager
+    def counting_atomic_write(path: Path) -> Iterator[object]:
+        with real_atomic_write(path) as f:
+            counter = _CountingFile(f)
+            written.append(counter)
+            yield counter
+
+    monkeypatch.setattr(download_module, "atomic_write", counting_atomic_write)
+    start = time.monotonic()
+    with pytest.raises(VitError) as e:
+        download([f"{base}/f.gz"], tmp_path / "f.gz", MD5, SIZE, timeout=TIMEOUT)
+    assert time.monotonic() - start < TIMEOUT  # refused as it streams (or from the headers), not at a timeout
+    if fault == "10 GB announced":  # refused from the headers: nothing opened for writing
+        assert f"the server announces 10000000000 bytes, the file has {SIZE}" in str(e.value) and written == []
+    else:
+        assert f"the body is longer than the file's {SIZE} bytes" in str(e.value)
+        assert len(written) == 1 and written[0].bytes <= SIZE  # read one byte past SIZE at most, never written
+    assert list(tmp_path.iterdir()) == []
+
+
+class _CountingFile:
+    """A file proxy that counts the bytes written through it."""
+
+    def __init__(self, f: object) -> None:
+        self.f, self.bytes = f, 0
+
+    def write(self, data: bytes) -> int:
+        self.bytes += len(data)
+        return self.f.write(data)
+
+
+def test_a_redirect_to_ftp_is_refused_naming_the_url(server, tmp_path):
+    base, routes = server
+    routes["/f.gz"] = redirect_to_ftp
+    with pytest.raises(VitError) as e:
+        download([f"{base}/f.gz"], tmp_path / "f.gz", MD5, SIZE, timeout=TIMEOUT)
+    assert (f"{base}/f.gz: VitError: redirected (302) to ftp://127.0.0.1:9/f.gz: only http and https URLs are "
+            "allowed") in str(e.value)
 
 
 def _idx_gz(array: np.ndarray) -> bytes:
@@ -168,14 +282,15 @@ def test_failed_downloads_leave_nothing_a_later_load_accepts(server, tmp_path, m
              "t10k-images-idx3-ubyte.gz": _idx_gz(np.ones((2, 28, 28), np.uint8)),
              "t10k-labels-idx1-ubyte.gz": _idx_gz(np.arange(2, dtype=np.uint8))}
     source = data._Source(mirrors=(f"{base}/m1/", f"{base}/m2/"),
-                          md5={name: hashlib.md5(content).hexdigest() for name, content in files.items()})
+                          md5={name: hashlib.md5(content).hexdigest() for name, content in files.items()},
+                          size={name: len(content) for name, content in files.items()})
     monkeypatch.setitem(data._SOURCES, "mnist", source)
     faults = ["reset mid-file", "cut short", "wrong checksum", "html page with status 200"]
     for i, name in enumerate(files):  # both mirrors of every file fail, each in its own way
         routes[f"/m1/{name}"], routes[f"/m2/{name}"] = FAULTS[faults[i]], FAULTS[faults[-1 - i]]
     folder = tmp_path / "root" / "mnist"
-    with pytest.raises(VitError, match=r"(?s)could not download train-images-idx3-ubyte\.gz.*Connection reset.*"
-                                       r"md5 mismatch.*by hand"):
+    with pytest.raises(VitError, match=r"(?s)could not download train-images-idx3-ubyte\.gz.*"
+                                       r"announces 46000 bytes, the file has \d+.*by hand"):
         load_tensor_dataset("mnist", tmp_path / "root")
     assert list(folder.iterdir()) == []
     with pytest.raises(VitError, match="files missing and downloads are off"):  # not a half file read as data
@@ -214,7 +329,7 @@ def test_tar_path_tricks_are_refused_with_what_to_do(tmp_path, name):
     archive = _tar(tmp_path / "a.tar.gz", [("pkg/a.bin", b"AAAA", {}), (name, b"pwned", {})])
     before = _tree(tmp_path)
     with pytest.raises(VitError, match=r"a\.tar\.gz: refusing archive.*delete it and download it again"):
-        extract_tar(archive, tmp_path / "out", ["pkg/a.bin"])
+        extract_tar(archive, tmp_path / "out", ["pkg/a.bin"], max_member_size=1000)
     assert _tree(tmp_path) == before
 
 
@@ -224,7 +339,7 @@ def test_tar_symlink_then_file_through_it_is_refused(tmp_path):
     archive = _tar(tmp_path / "a.tar.gz", [("pkg", None, {"type": tarfile.SYMTYPE, "linkname": str(outside)}),
                                            ("pkg/a.bin", b"pwned", {})])
     with pytest.raises(VitError, match=r"member 'pkg': link to"):
-        extract_tar(archive, tmp_path / "out", ["pkg/a.bin"])
+        extract_tar(archive, tmp_path / "out", ["pkg/a.bin"], max_member_size=1000)
     assert list(outside.iterdir()) == [] and not (tmp_path / "out").exists()
 
 
@@ -235,15 +350,27 @@ def test_tar_into_a_folder_link_that_leads_outside_is_refused(tmp_path):
     (dest / "pkg").symlink_to(outside)  # left in dest by someone else
     archive = _tar(tmp_path / "a.tar.gz", [("pkg/sub/a.bin", b"AAAA", {})])
     with pytest.raises(VitError, match=r"would be written to .*outside.*remove the link"):
-        extract_tar(archive, dest, ["pkg/sub/a.bin"])
+        extract_tar(archive, dest, ["pkg/sub/a.bin"], max_member_size=1000)
     assert list(outside.iterdir()) == []  # not even the folder 'sub' was created through the link
+
+
+def test_tar_member_larger_than_expected_is_refused_before_writing(tmp_path):
+    """A tar header states each member's size: a 50 GiB member is refused before a byte fills the disk
+    (8 MiB of zeros here, a few KB compressed)."""
+    archive = _tar(tmp_path / "a.tar.gz", [("pkg/a.bin", b"AAAA", {}), ("pkg/big.bin", bytes(8 << 20), {})])
+    with pytest.raises(VitError, match=rf"member 'pkg/big.bin' is {8 << 20} bytes, more than the {1 << 20} expected; "
+                                       r".*delete it and download it again"):
+        extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/big.bin"], max_member_size=1 << 20)
+    assert not (tmp_path / "out").exists()  # not even the small member ahead of it
+    extract_tar(archive, tmp_path / "out", ["pkg/a.bin", "pkg/big.bin"], max_member_size=8 << 20)
+    assert (tmp_path / "out" / "pkg" / "big.bin").stat().st_size == 8 << 20
 
 
 def test_tar_duplicate_and_missing_members_say_what_to_do(tmp_path):
     twice = _tar(tmp_path / "twice.tar.gz", [("pkg/a.bin", b"AAAA", {}), ("./pkg/a.bin", b"BBBB", {})])
     with pytest.raises(VitError, match=r"'pkg/a.bin' appears twice; .*delete it and download it again"):
-        extract_tar(twice, tmp_path / "out", ["pkg/a.bin"])
+        extract_tar(twice, tmp_path / "out", ["pkg/a.bin"], max_member_size=1000)
     folder_named_like_file = _tar(tmp_path / "dir.tar.gz", [("pkg/a.bin", None, {"type": tarfile.DIRTYPE})])
     with pytest.raises(VitError, match=r"missing members \['pkg/a.bin'\]; .*delete it and download it again"):
-        extract_tar(folder_named_like_file, tmp_path / "out", ["pkg/a.bin"])
+        extract_tar(folder_named_like_file, tmp_path / "out", ["pkg/a.bin"], max_member_size=1000)
     assert not (tmp_path / "out").exists()

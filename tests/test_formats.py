@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 import struct
 import tracemalloc
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -354,6 +358,65 @@ def test_safetensors_accepts_padding_empty_file_and_null_metadata(tmp_path):
     back, _ = read_safetensors(_st_file(tmp_path / "b", {"z": _e("F64", [0, 3], 0, 0), "y": _e("U8", [1], 0, 1)},
                                         b"\x07"))
     assert back["z"].shape == (0, 3) and back["y"].tolist() == [7]
+
+
+def test_safetensors_zero_element_tensor_with_a_dim_past_int64_is_refused(tmp_path):
+    """Zero elements need zero bytes whatever the other dims, but torch sizes are int64."""
+    path = _st_file(tmp_path / "z.safetensors", {"a": _e("F32", [0, 2**63], 0, 0)})
+    with pytest.raises(VitError, match=rf"{path}: tensor 'a': shape must be a list of non-negative integers that "
+                                       r"fit int64 \(at most 2\*\*63 - 1\), got \[0, 9223372036854775808\]"):
+        read_safetensors(path)
+    back, _ = read_safetensors(_st_file(tmp_path / "ok.safetensors", {"a": _e("F32", [0, 2**63 - 1], 0, 0)}))
+    assert back["a"].shape == (0, 2**63 - 1)
+
+
+@pytest.mark.parametrize("dtype", ["U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "C64"])
+def test_official_dtypes_this_project_does_not_read_say_so(tmp_path, dtype):
+    path = _st_file(tmp_path / "d.safetensors", {"a": _e(dtype, [1], 0, 8)}, bytes(8))
+    with pytest.raises(VitError, match=rf"{path}: tensor 'a': dtype '{dtype}' is valid safetensors but not supported "
+                                       r"by this project \(supported: F64, F32, "):
+        read_safetensors(path)
+
+
+def test_duplicate_keys_the_official_reader_accepts_are_refused_as_unsupported(tmp_path):
+    text = ('{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, '
+            '"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}')
+    path = _st_file(tmp_path / "dup.safetensors", text, bytes(1))
+    with pytest.raises(VitError, match=r"duplicate key 'a': not supported by this project"):
+        read_safetensors(path)
+
+
+@contextmanager
+def _within(seconds: int) -> Iterator[None]:
+    """Fail the block with TimeoutError instead of letting it block forever (a read of a fifo would)."""
+    def fire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+READERS: dict[str, Callable[[Path], object]] = {"safetensors": read_safetensors, "idx": read_idx,
+                                                "cifar": read_cifar_batch}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no fifos on this platform")
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_readers_refuse_fifos_devices_and_folders(tmp_path, reader):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)  # nobody ever writes to it: opening it to read would wait forever
+    with _within(10), pytest.raises(VitError, match=rf"{fifo}: not a regular file \(a fifo\)"):
+        READERS[reader](fifo)
+    with pytest.raises(VitError, match=rf"{tmp_path}: not a regular file \(a folder\)"):
+        READERS[reader](tmp_path)
+    if Path("/dev/zero").exists():  # endless zeros: a size check against them would never end
+        with _within(10), pytest.raises(VitError, match=r"/dev/zero: not a regular file \(a device or socket\)"):
+            READERS[reader]("/dev/zero")
 
 
 # ------------------------------------------------------------------------------ real fixtures

@@ -8,15 +8,20 @@ naming the file; any other exception, a case running past a deadline, or a Pytho
 larger than the file justifies (measured with tracemalloc) is a failure. A failing case prints its
 index and mutations, and `_case(fmt, seed, index, folder)` rebuilds it exactly.
 
-Decoded images get the same treatment through ImageFolderDataset and vit.predict.open_image (Pillow
+Decoded images get the same treatment through ImageFolderDataset and vit.data.open_image (Pillow
 allocates in C, so only the deadline applies there, with the pixel limit lowered to keep cases small).
+So do checkpoints through vit.weights.load_checkpoint: tiny valid models whose saved config, class
+names or tensor shapes are made hostile (wrong types, NaN, huge sizes, nesting past the recursion
+limit, zero widths); an accepted one must hold the file's tensors and config and give finite logits,
+and peak RSS is the memory bound (torch allocates outside tracemalloc's view).
 
-Counts: FAST_CASES per file format and FAST_IMAGE_CASES images in the default run; SLOW_CASES and
-SLOW_IMAGE_CASES under `-m slow`.
+Counts: FAST_CASES per file format, FAST_IMAGE_CASES images and FAST_CHECKPOINT_CASES checkpoints in
+the default run; SLOW_CASES, SLOW_IMAGE_CASES and SLOW_CHECKPOINT_CASES under `-m slow`.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib
 import io
@@ -27,9 +32,11 @@ import resource
 import signal
 import struct
 import sys
+import time
 import tracemalloc
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,15 +46,20 @@ import torch
 from PIL import Image
 from torch._utils import ExceptionWrapper
 
-from vit.data import FolderLoader, ImageFolderDataset, find_classes, folder_splits
+from helpers import limit_resizes
+from vit.augment import eval_transform
+from vit.data import MAX_IMAGE_BYTES, FolderLoader, ImageFolderDataset, find_classes, folder_splits, open_image
 from vit.formats import VitError, read_cifar_batch, read_idx, read_safetensors, write_idx
-from vit.predict import open_image
+from vit.model import ViTConfig, VisionTransformer
+from vit.weights import load_checkpoint
 
 FORMATS = ("idx", "cifar", "safetensors")
 FAST_CASES = 300  # per format in the default run: 900 cases, a few seconds
 SLOW_CASES = 4000  # per format under -m slow: 12,000 cases
 FAST_IMAGE_CASES = 150  # mutated PNG/JPEG/GIF/BMP/TIFF/WebP/PPM files, each decoded two ways
 SLOW_IMAGE_CASES = 2000
+FAST_CHECKPOINT_CASES = 100  # hostile configs, class lists and shapes through load_checkpoint
+SLOW_CHECKPOINT_CASES = 3000
 CASE_DEADLINE_S = 5.0  # a parser on a few-KB file that needs longer than this is hanging
 SLACK = 1 << 20  # bytes of Python/numpy allocation any case may make beyond what the file justifies
 GZIP_MAX_RATIO = 1032  # deflate's maximal expansion: what a gzip file of n bytes can justify
@@ -659,6 +671,178 @@ def test_predict_names_an_image_pillow_fails_on_with_a_value_error(tmp_path):
         open_image(str(path))
 
 
+# -------------------------------------------------------------------------- hostile checkpoints
+
+CKPT_BASES = [  # tiny architectures the valid checkpoints start from: every patch and position embedding
+    dict(img_size=8, patch_size=4, in_chans=3, num_classes=3, embed_dim=8, depth=1, num_heads=2, mlp_ratio=2.0,
+         patch_embed="manual", pos_embed="sin"),
+    dict(img_size=8, patch_size=4, in_chans=1, num_classes=2, embed_dim=8, depth=2, num_heads=1, mlp_ratio=1.5,
+         patch_embed="conv", pos_embed="learned", qkv_bias=False),
+    dict(img_size=8, patch_size=4, in_chans=3, num_classes=0, embed_dim=16, depth=1, num_heads=4, mlp_ratio=1.0,
+         patch_embed="stem", pos_embed="none", global_pool="avg", norm_eps=1e-5),
+]
+DEEP = "[" * 100_000 + "]" * 100_000  # JSON nested deeper than Python's recursion limit
+HOSTILE_VALUES = [0, -1, 1, 2, 3, 4, 7, 8, 16, 1.5, 4.0, 0.5, 0.999, 10**6, 10**30, 2**63, float("nan"), float("inf"),
+                  -float("inf"), 1e-300, 1e300, -1e-9, True, False, None, "x", "", "4", "sin", "conv", "manual", "stem",
+                  "none", "avg", "token", "learned", [], {}, [8], {"a": 1}, [[[[1]]]]]
+HUGE_IMAGES = [4095, 4096, 4100, 8192, 20000, 10**6, 10**9]
+BENIGN = [("drop_rate", 0.1), ("attn_drop_rate", 0.2), ("drop_path_rate", 0.3), ("global_pool", "avg"),
+          ("global_pool", "token"), ("norm_eps", 1e-12), ("norm_eps", 1), ("mlp_ratio", 2), ("num_heads", 1)]
+LEGACY_FIELDS = ("fused_attn", "patch_dropout")  # in the configs of checkpoints written before they moved
+
+
+def _st_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors` and `metadata`, built in memory (no fsync per case)."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    body = b""
+    for name, t in tensors.items():
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()  # shape -> (numel,) -> bytes
+        header[name] = {"dtype": ST_NAMES[ST_DTYPES.index(t.dtype)], "shape": list(t.shape),
+                        "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    return _st_join(json.dumps(header), body)
+
+
+@functools.cache
+def _ckpt_template(base_index: int) -> dict[str, torch.Tensor]:
+    """The state dict of a tiny model of architecture CKPT_BASES[base_index], built once."""
+    return VisionTransformer(ViTConfig(**CKPT_BASES[base_index])).state_dict()
+
+
+def _ckpt_state(base_index: int, seed: int) -> dict[str, torch.Tensor]:
+    """A state dict of that architecture with random floats (far from init); integer buffers as built."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+            for k, v in _ckpt_template(base_index).items()}
+
+
+def _reshaped(t: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, str]:
+    """`t` with one dim set to 0, 1, moved by one or doubled, or a dim added or removed (zeros of that shape)."""
+    shape = list(t.shape)
+    kind = rng.choice(["zero", "one", "minus", "plus", "double", "add", "drop"])
+    if kind == "add" or not shape:
+        shape.insert(rng.randrange(len(shape) + 1), rng.choice([0, 1, 2]))
+    elif kind == "drop":
+        shape.pop(rng.randrange(len(shape)))
+    else:
+        i = rng.randrange(len(shape))
+        new = {"zero": 0, "one": 1, "minus": max(shape[i] - 1, 0), "plus": shape[i] + 1, "double": 2 * shape[i]}
+        shape[i] = new[kind]
+    return torch.zeros(shape, dtype=t.dtype), f"shape {list(t.shape)} -> {shape}"
+
+
+def _checkpoint_case(seed: int, index: int, folder: Path) -> tuple[Path, str, dict | None, dict]:
+    """Write hostile checkpoint `index`; return (path, description, the saved config or None, the file's tensors)."""
+    rng = random.Random(f"checkpoint-{seed}-{index}")
+    base_index = rng.randrange(len(CKPT_BASES))
+    base = CKPT_BASES[base_index]
+    state = _ckpt_state(base_index, rng.randrange(2**16))
+    config: dict | None = asdict(ViTConfig(**base))
+    config_text, classes, steps = None, None, [f"{base['patch_embed']}/{base['pos_embed']}"]
+    if base["num_classes"] and rng.random() < 0.5:
+        classes = json.dumps([f"c{i}" for i in range(base["num_classes"])])
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(["value", "value", "value", "value", "benign", "benign", "legacy", "drop", "huge", "text",
+                           "classes", "shape", "shape", "timm"])
+        if kind == "timm":  # no config: the architecture is inferred from the shapes
+            config = None
+            steps.append("timm layout (no config)")
+        elif kind == "shape":
+            name = rng.choice(sorted(k for k in state if k.startswith(("patch_embed", "pos_embed", "head", "cls",
+                                                                        "blocks.0.mlp.fc1", "blocks.0.attn.qkv"))))
+            state[name], what = _reshaped(state[name], rng)
+            steps.append(f"{name} {what}")
+        elif kind == "text":
+            config_text = rng.choice([DEEP, "{" * 50_000, "{oops", "null", "3", '"x"', "[]", '{"depth": ' + DEEP + "}",
+                                      json.dumps([config]), "NaN"])
+            steps.append(f"config text {config_text[:20]!r}")
+        elif kind == "classes":
+            classes = rng.choice([DEEP, "[", '"abc"', "[1, 2, 3]", json.dumps(["a"] * 7), '[["a"], ["b"], ["c"]]',
+                                  json.dumps({"0": "a"}), "NaN", json.dumps(["a", "b", "c"])])
+            steps.append(f"classes {classes[:20]!r}")
+        elif config is None:
+            steps.append(f"{kind} (no config to edit)")
+        elif kind == "value":
+            field = rng.choice(sorted(config) + ["colour"])
+            config[field] = rng.choice(HOSTILE_VALUES)
+            steps.append(f"{field} = {config[field]!r}")
+        elif kind == "benign":  # a value of the right type that may fit the tensors: reaches the accepting path
+            field, value = rng.choice(BENIGN)
+            config[field] = value
+            steps.append(f"{field} = {value!r}")
+        elif kind == "legacy":
+            field = rng.choice(LEGACY_FIELDS)
+            config[field] = rng.choice([True, False, 0.0, 0.5, "x", None])
+            steps.append(f"legacy {field} = {config[field]!r}")
+        elif kind == "drop":
+            field = rng.choice(sorted(config))
+            del config[field]
+            steps.append(f"drop {field}")
+        else:
+            config.update(img_size=rng.choice(HUGE_IMAGES), pos_embed=rng.choice(["sin", "none"]))
+            steps.append(f"img_size {config['img_size']} pos_embed {config['pos_embed']}")
+    metadata = {"format": "pt"}
+    if config_text is not None or config is not None:
+        metadata["config"] = config_text if config_text is not None else json.dumps(config)
+    if classes is not None:
+        metadata["classes"] = classes
+    path = folder / "hostile.safetensors"
+    path.write_bytes(_st_bytes(state, metadata))
+    saved = json.loads(metadata["config"]) if config_text is None and config is not None else None
+    return path, f"checkpoint case {index} (seed {seed}): {'; '.join(steps)}", saved, state
+
+
+def check_checkpoint(result: tuple, saved: dict | None, state: dict[str, torch.Tensor]) -> None:
+    """An accepted checkpoint gives exactly the file's tensors, its saved config (legacy keys dropped), finite
+    logits on a small input, and the runtime defaults, never a legacy value."""
+    model, _ = result
+    assert model.state_dict().keys() == state.keys()
+    for k, t in state.items():
+        got = model.state_dict()[k]
+        assert torch.equal(got, t.to(got.dtype).reshape(got.shape)), k  # reshape: a timm conv weight read as conv
+    if saved is not None:
+        fields = {k: v for k, v in saved.items() if k not in LEGACY_FIELDS}
+        assert {k: getattr(model.cfg, k) for k in fields} == fields
+    assert model.patch_dropout == 0.0 and all(block.attn.fused for block in model.blocks)
+    cfg = model.cfg
+    if cfg.num_classes and cfg.num_patches <= 1024:  # a few ms; bounded so a legal big grid stays cheap
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(torch.rand(1, cfg.in_chans, cfg.img_size, cfg.img_size))).all()
+
+
+def run_checkpoint_fuzz(cases: int, seed: int, folder: Path) -> tuple[int, int, list[str]]:
+    """Load `cases` hostile checkpoints with load_checkpoint; return (accepted, refused, failures)."""
+    accepted = refused = 0
+    failures: list[str] = []
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for index in range(cases):
+        path, what, saved, state = _checkpoint_case(seed, index, folder)
+        outcome, result = attempt(load_checkpoint, path, what, failures)
+        refused += outcome == "refused"
+        if outcome == "read":
+            try:
+                check_checkpoint(result, saved, state)
+            except Exception as e:  # AssertionError, or the check tripping over what the loader let through
+                failures.append(f"{what}: accepted, but the model does not match the file: {type(e).__name__}: "
+                                f"{str(e)[:300]}")
+            accepted += 1
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    if grown_kib > 256 * 1024:  # torch's allocations are invisible to tracemalloc: peak RSS is the bound
+        failures.append(f"peak RSS grew by {grown_kib} KiB during the checkpoint cases")
+    return accepted, refused, failures
+
+
+def test_fuzz_checkpoints_fast(tmp_path):
+    accepted, refused, failures = run_checkpoint_fuzz(FAST_CHECKPOINT_CASES, 0, tmp_path)
+    _report("checkpoint", FAST_CHECKPOINT_CASES, accepted, refused, failures)
+
+
+@pytest.mark.slow
+def test_fuzz_checkpoints_slow(tmp_path):
+    accepted, refused, failures = run_checkpoint_fuzz(SLOW_CHECKPOINT_CASES, 1, tmp_path)
+    _report("checkpoint", SLOW_CHECKPOINT_CASES, accepted, refused, failures)
+
+
 # ------------------------------------------------------------------------------ hostile folders
 
 class Tiny:
@@ -719,13 +903,55 @@ HOSTILE_FILES = {  # zero-byte, truncated JPEG and text-named-.jpg are in test_d
     "header_only.jpg": lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"),
     "garbage.webp": lambda p: p.write_bytes(b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(32)),
     "bomb.png": lambda p: _png_bomb(p, 15_000),  # 225 M pixels > 2 x MAX_IMAGE_PIXELS
+    "sparse_1gib.jpg": lambda p: _sparse_jpeg(p, 1 << 30),
 }
+
+
+def _sparse_jpeg(path: Path, size: int) -> Path:
+    """A JPEG start (SOI, APP0) followed by zeros up to `size` bytes, sparse: no disk used for the zeros.
+    Pillow's JPEG header parser skips junk byte by byte in Python: ~8 MB/s, so minutes for 1 GiB."""
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        f.truncate(size)
+    return path
+
+
+def test_a_gigabyte_file_named_like_an_image_is_refused_without_decoding(tmp_path):
+    path = _sparse_jpeg(tmp_path / "photo.jpg", 1 << 30)
+    start = time.monotonic()
+    with deadline(CASE_DEADLINE_S), pytest.raises(VitError) as e:
+        open_image(path)
+    assert time.monotonic() - start < 1.0
+    assert str(e.value) == (f"{path}: cannot read the image: {1 << 30} bytes, more than the {MAX_IMAGE_BYTES} an "
+                            "image file may have; remove or replace the file")
+    small = _sparse_jpeg(tmp_path / "small.jpg", 1 << 20)  # under the bound: Pillow's own refusal, in well under 1 s
+    with deadline(CASE_DEADLINE_S), pytest.raises(VitError, match=rf"{small}: cannot read the image \("):
+        open_image(small)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no fifos on this platform")
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)  # vit.predict takes image paths as given: nobody ever writes to this one
+    with deadline(CASE_DEADLINE_S), pytest.raises(VitError, match=rf"{fifo}: not a regular file \(a fifo\)"):
+        open_image(fifo)
+
+
+def test_an_extreme_strip_in_val_is_evaluated_within_the_crops_memory(tmp_path, monkeypatch):
+    """A 10000 x 1 PNG of 100-odd bytes: resized whole for a 224 crop it would be 2,480,000 x 248 (2.5 GB)."""
+    _png(tmp_path / "root" / "train" / "a" / "good.png")
+    _png(tmp_path / "root" / "val" / "a" / "strip.png", (10_000, 1))
+    _, val, _ = folder_splits(tmp_path / "root")
+    assert (tmp_path / "root" / "val" / "a" / "strip.png").stat().st_size < 1000
+    limit_resizes(monkeypatch, 224 * 224)
+    x, label = ImageFolderDataset(val, eval_transform(224, (0.5,) * 3, (0.5,) * 3))[0]
+    assert x.shape == (3, 224, 224) and label == 0
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
 def test_hostile_image_fails_at_decode_naming_the_file(tmp_path, name):
     ds, bad, index = _one_sample(tmp_path, name, HOSTILE_FILES[name])
-    with pytest.raises(VitError, match=rf"{bad}: cannot decode image") as e:
+    with pytest.raises(VitError, match=rf"{bad}: cannot read the image") as e:
         ds[index]
     if name == "bomb.png":
         assert "DecompressionBomb" in str(e.value)
@@ -763,7 +989,7 @@ def test_worker_errors_reach_the_user_without_a_worker_traceback(tmp_path, monke
     monkeypatch.setattr(loader, "loader", worker_batches())
     with pytest.raises(VitError) as e:
         list(loader)
-    assert str(e.value).startswith(f"{bad}: cannot decode image") and "Traceback" not in str(e.value), e.value
+    assert str(e.value).startswith(f"{bad}: cannot read the image") and "Traceback" not in str(e.value), e.value
 
 
 @pytest.mark.slow
@@ -772,7 +998,7 @@ def test_real_worker_error_reaches_the_user_without_a_traceback(tmp_path):
     loader = FolderLoader(ds, batch_size=2, shuffle=False, drop_last=False, workers=1)
     with pytest.raises(VitError) as e:
         list(loader)
-    assert str(e.value).startswith(f"{bad}: cannot decode image") and "Traceback" not in str(e.value), e.value
+    assert str(e.value).startswith(f"{bad}: cannot read the image") and "Traceback" not in str(e.value), e.value
 
 
 def test_symlink_loops_are_named_at_scan_time(tmp_path):
@@ -816,7 +1042,7 @@ def test_unreadable_files_and_folders_are_named(tmp_path):
     try:
         train, _, _ = folder_splits(root, val_fraction=0.0)
         index = [p for p, _ in train].index(locked)
-        with pytest.raises(VitError, match=rf"{locked}: cannot decode image"):
+        with pytest.raises(VitError, match=rf"{locked}: cannot read the image"):
             ImageFolderDataset(train, Tiny())[index]
         (root / "a").chmod(0)
         with pytest.raises(VitError, match=rf"{root / 'a'}: cannot read"):

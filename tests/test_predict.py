@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import limit_resizes
 from vit.augment import eval_transform
 from vit.model import ViTConfig, VisionTransformer
 from vit.cli import run_cli
+from vit.formats import read_safetensors, write_safetensors
 from vit.predict import main
 from vit.weights import load_checkpoint, save_checkpoint
 
@@ -107,3 +110,38 @@ def test_timm_fixture_gives_the_models_own_top_classes(tmp_path, capsys):
     p, i = probs.topk(3)
     assert [row[1:] for row in printed] == [["class", str(c)] for c in i.tolist()]
     assert [row[0] for row in printed] == [f"{100 * v:6.2f}%".strip() for v in p.tolist()]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no fifos on this platform")
+def test_command_line_refuses_a_fifo_checkpoint_instead_of_waiting_on_it(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)  # nobody ever writes to it: reading it would wait forever
+    png = write_png(tmp_path / "photo.png")
+    run = subprocess.run([sys.executable, "-m", "vit.predict", "--checkpoint", str(fifo), str(png)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines()[-1] == f"error: {fifo}: not a regular file (a fifo); give the path of a file"
+
+
+@pytest.mark.parametrize("field, value", [("norm_eps", float("nan")), ("in_chans", 1.5), ("img_size", 20000)])
+def test_a_bad_saved_config_field_exits_1_naming_the_file_and_field(tmp_path, capsys, field, value):
+    """norm_eps NaN used to print 'nan%' for every class."""
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    tensors, meta = read_safetensors(ckpt)
+    config = {**json.loads(meta["config"]), field: value}
+    write_safetensors(ckpt, tensors, {**meta, "config": json.dumps(config)})
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["--checkpoint", str(ckpt), str(write_png(tmp_path / "photo.png"))]))
+    captured = capsys.readouterr()
+    assert e.value.code == 1 and captured.out == ""
+    assert captured.err.splitlines()[-1].startswith(f"error: {ckpt}: config field {field} is "), captured.err
+
+
+def test_an_extreme_strip_is_classified_within_the_crops_memory(tmp_path, capsys, monkeypatch):
+    """A 10000 x 1 PNG at 224 px: the eval resize of the whole image would be 2,480,000 x 248 (2.5 GB)."""
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (10_000, 1), (200, 100, 0)).save(strip)
+    limit_resizes(monkeypatch, 224 * 224)
+    main(["--checkpoint", str(ckpt), str(strip), "--img-size", "224", "--top-k", "1"])
+    assert capsys.readouterr().out.splitlines() == [f"{strip}:", "   99.99%  cat"]

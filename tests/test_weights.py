@@ -10,6 +10,7 @@ from vit.formats import VitError, read_safetensors, write_safetensors
 from vit.model import ViTConfig, VisionTransformer
 from vit.weights import (
     describe, detect_layout, hf_to_timm, infer_config, load_checkpoint, resample_pos_embed, save_checkpoint,
+    saved_normalisation,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -334,3 +335,114 @@ def test_a_learned_pos_embed_file_does_not_go_into_a_sin_model(tmp_path):
     path = write_timm(tmp_path / "timm.safetensors", VisionTransformer(tiny(embed_dim=64)))
     with pytest.raises(VitError, match="unexpected keys: pos_embed"):
         load_checkpoint(path, pos_embed="sin")
+
+
+def _with_config(path: Path, state: dict, config: object, **metadata: str) -> Path:
+    """Our layout with `config` (a dict, dumped as JSON, or raw text) as the saved config."""
+    text = config if isinstance(config, str) else json.dumps(config)
+    write_safetensors(path, state, {"config": text, **metadata})
+    return path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("in_chans", 1.5, "in_chans is '1.5' (float), not an integer"),
+    ("num_classes", True, "num_classes is 'True' (bool), not an integer"),
+    ("num_classes", float("inf"), "num_classes is 'inf' (float), not an integer"),
+    ("num_classes", 10**30, f"num_classes is {10**30}, above the 1048576 this project builds"),
+    ("embed_dim", 4.0, "embed_dim is '4.0' (float), not an integer"),
+    ("mlp_ratio", float("nan"), "mlp_ratio is 'nan' (float), not a finite number"),
+    ("mlp_ratio", "4", "mlp_ratio is '4' (str), not a finite number"),
+    ("norm_eps", "x", "norm_eps is 'x' (str), not a finite number"),
+    ("norm_eps", float("nan"), "norm_eps is 'nan' (float), not a finite number"),
+    ("norm_eps", 0, "norm_eps is 0; a LayerNorm eps must be > 0"),
+    ("drop_rate", float("-inf"), "drop_rate is '-inf' (float), not a finite number"),
+    ("qkv_bias", 1, "qkv_bias is '1' (int), not true or false"),
+    ("pos_embed", ["sin"], "pos_embed is \"['sin']\" (list), not a string"),
+    ("global_pool", {"avg": 1}, "global_pool is \"{'avg': 1}\" (dict), not a string"),
+])
+def test_every_saved_config_field_is_type_and_range_checked(tmp_path, field, value, message):
+    state = VisionTransformer(tiny()).state_dict()
+    path = _with_config(tmp_path / "bad.safetensors", state, {**asdict(tiny()), field: value})
+    with pytest.raises(VitError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"{path}: config field {message}", e.value
+
+
+def test_config_and_class_names_nested_past_the_recursion_limit_are_refused(tmp_path):
+    state = VisionTransformer(tiny()).state_dict()
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(VitError, match="metadata 'config' is not JSON"):
+        load_checkpoint(_with_config(tmp_path / "a.safetensors", state, deep))
+    with pytest.raises(VitError, match="metadata 'classes' is not JSON"):
+        load_checkpoint(_with_config(tmp_path / "b.safetensors", state, asdict(tiny()), classes=deep))
+
+
+def test_a_nan_layer_norm_eps_is_refused_from_any_source(tmp_path):
+    path = write_timm(tmp_path / "timm.safetensors", VisionTransformer(tiny(embed_dim=64)))
+    with pytest.raises(VitError, match=rf"{path}: config field norm_eps is 'nan'"):
+        load_checkpoint(path, norm_eps=float("nan"))
+    shutil.copy(path, tmp_path / "model.safetensors")  # a Hugging Face file's config.json is read too
+    hf = tmp_path / "model.safetensors"
+    write_safetensors(hf, to_hf(read_safetensors(path)[0]))
+    (tmp_path / "config.json").write_text('{"layer_norm_eps": NaN}')
+    with pytest.raises(VitError, match="config field norm_eps is 'nan'"):
+        load_checkpoint(hf)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (64, 3, 0, 0), (64, 0, 4, 4)])
+def test_a_timm_patch_weight_with_a_zero_dimension_is_refused(tmp_path, shape):
+    path = write_timm(tmp_path / "timm.safetensors", VisionTransformer(tiny(embed_dim=64)),
+                      drop="patch_embed.proj.weight", **{"patch_embed.proj.weight": torch.zeros(shape)})
+    with pytest.raises(VitError, match=rf"{path}: patch_embed.proj.weight has shape \({', '.join(map(str, shape))}\), "
+                                       "with a zero dimension"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("img_size, patch_size, message", [
+    (20000, 4, "img_size is 20000, above the 4096 this project builds"),
+    (10**6, 4, "img_size is 1000000, above the 4096 this project builds"),
+    (4096, 4, r"img_size 4096 / patch_size 4 is a 1024x1024 grid \(1048576 tokens\), more than the 65536"),
+])
+def test_an_image_size_no_tensor_bounds_is_refused_before_allocating(tmp_path, img_size, patch_size, message):
+    """A 'sin' model's image size is in no tensor: a 1 MB file could ask for a 500 GB position table."""
+    model = VisionTransformer(tiny(patch_embed="manual", pos_embed="sin"))
+    config = {**asdict(model.cfg), "img_size": img_size, "patch_size": patch_size}
+    path = _with_config(tmp_path / "huge.safetensors", model.state_dict(), config)
+    with pytest.raises(VitError, match=rf"{path}: (config field )?{message}"):  # before the model is built
+        load_checkpoint(path)
+    with pytest.raises(VitError, match="img_size is 8192, above the 4096"):  # a requested size, too
+        load_checkpoint(_with_config(tmp_path / "ok.safetensors", model.state_dict(), asdict(model.cfg)), img_size=8192)
+
+
+def test_the_largest_image_size_still_loads(tmp_path):
+    model = VisionTransformer(tiny(patch_size=16, patch_embed="manual", pos_embed="sin"))
+    path = _with_config(tmp_path / "big.safetensors", model.state_dict(), {**asdict(model.cfg), "img_size": 4096})
+    loaded, _ = load_checkpoint(path)
+    assert loaded.cfg.img_size == 4096 and loaded.pos_embed.shape == (1, 1 + 256 * 256, 64)
+
+
+def test_a_legacy_checkpoint_with_runtime_fields_in_its_config_loads(tmp_path):
+    """Checkpoints written before fused_attn and patch_dropout left ViTConfig carry both: dropped, never restored."""
+    model = randomized(VisionTransformer(tiny(patch_embed="manual", pos_embed="sin")))
+    legacy = {**asdict(model.cfg), "fused_attn": False, "patch_dropout": 0.5}
+    path = _with_config(tmp_path / "legacy.safetensors", model.state_dict(), legacy)
+    loaded, info = load_checkpoint(path)
+    assert loaded.cfg == model.cfg and info["file_config"] == model.cfg
+    assert loaded.patch_dropout == 0.0 and all(block.attn.fused for block in loaded.blocks)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), atol=1e-5, rtol=0)
+    with pytest.raises(VitError, match=r"unknown config field\(s\) fused_attn"):  # as an argument: a caller's mistake
+        load_checkpoint(path, fused_attn=True)
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("mean", "[" * 100_000 + "]" * 100_000, "'mean' is not a JSON list of numbers"),
+    ("mean", "[NaN, 0.5, 0.5]", "'mean' is .*: need finite numbers"),
+    ("std", "[0.5, 1e999, 0.5]", "'std' is .*: need finite numbers, all > 0"),
+    ("std", "[0.5, 0, 0.5]", "'std' is .*: need finite numbers, all > 0"),
+])
+def test_saved_normalisation_refuses_what_would_make_the_inputs_nan(key, text, message):
+    with pytest.raises(VitError, match=message):
+        saved_normalisation("ours", {key: text}, 3)
+    assert saved_normalisation("ours", {key: "[0.25, 0.5, 0.75]"}, 3)[key == "std"] == [0.25, 0.5, 0.75]

@@ -350,7 +350,16 @@ class ResizeCenterCrop:
 
     The longer side keeps the aspect ratio (int(new_short * long / short)); the crop's offsets are
     round((side - size) / 2), as torchvision's CenterCrop. The generator is accepted and unused.
+
+    An image more than MAX_ASPECT times longer than wide (or the reverse) is not resized whole: a
+    10000 x 1 strip would become 2,480,000 x 248 pixels (2.5 GB) for a 224 crop. Only the window the
+    crop keeps is resized, one axis at a time (Pillow's `box`), the long axis first, so no image is
+    larger than size x the short side. Pixels can differ from the whole resize by a few levels
+    (Pillow may run its two passes in the other order); the 8:1 and narrower images of real datasets
+    get exactly the whole resize.
     """
+
+    MAX_ASPECT = 8  # up to 8:1, the exact timm transform: the whole resize is at most 8 crops' worth of pixels
 
     def __init__(self, size: int, crop_pct: float = 0.9, interpolation: int = Image.BICUBIC) -> None:
         if not 0 < crop_pct <= 1:
@@ -361,13 +370,22 @@ class ResizeCenterCrop:
         short_new = int(self.size / self.crop_pct)
         w, h = img.size
         if w <= h:
-            new_size = (short_new, int(short_new * h / w))
+            new_w, new_h = short_new, int(short_new * h / w)
         else:
-            new_size = (int(short_new * w / h), short_new)
-        if new_size != img.size:
-            img = img.resize(new_size, self.interpolation)
-        left = int(round((img.width - self.size) / 2))
-        top = int(round((img.height - self.size) / 2))
+            new_w, new_h = int(short_new * w / h), short_new
+        left = int(round((new_w - self.size) / 2))
+        top = int(round((new_h - self.size) / 2))
+        if max(w, h) > self.MAX_ASPECT * min(w, h):
+            n = self.size
+            x0, x1 = left * w / new_w, (left + n) * w / new_w  # the window, in source pixels
+            y0, y1 = top * h / new_h, (top + n) * h / new_h
+            if w > h:  # (w, h) -> (n, h) -> (n, n)
+                img = img.resize((n, h), self.interpolation, box=(x0, 0, x1, h))
+                return img.resize((n, n), self.interpolation, box=(0, y0, n, y1))
+            img = img.resize((w, n), self.interpolation, box=(0, y0, w, y1))  # (w, h) -> (w, n) -> (n, n)
+            return img.resize((n, n), self.interpolation, box=(x0, 0, x1, n))
+        if (new_w, new_h) != img.size:
+            img = img.resize((new_w, new_h), self.interpolation)
         return img.crop((left, top, left + self.size, top + self.size))
 
 

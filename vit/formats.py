@@ -1,8 +1,9 @@
 """Byte-level readers and writers: IDX (MNIST), CIFAR-10 binary records, safetensors.
 
 Every parser checks the sizes a file declares against the bytes it really has *before* allocating,
-and reports any bad input as `VitError` with the path and what is wrong. Writers go through
-`atomic_write`, so a crash never leaves a half-written file under the final name.
+and reports any bad input as `VitError` with the path and what is wrong. Readers open files with
+`open_regular`, which refuses fifos, devices and folders. Writers go through `atomic_write`, so a
+crash never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import stat
 import struct
 import zlib
 from contextlib import contextmanager
@@ -41,11 +43,30 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         f.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write (ENOSPC) names no file: say which one it was
         raise
     _fsync_dir(path.parent)
+
+
+def open_regular(path: PathLike) -> IO[bytes]:
+    """Open `path` for binary reading; a fifo, device, socket or folder is a VitError.
+
+    A reader blocks forever on a fifo nobody writes to, and a device has no size to check against,
+    so the file type is checked on the open descriptor (no race with a rename). O_NONBLOCK makes
+    opening a fifo return at once instead of waiting for a writer; it changes nothing for regular
+    files. A missing or unreadable file raises the OSError itself.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "folder" if stat.S_ISDIR(mode) else "fifo" if stat.S_ISFIFO(mode) else "device or socket"
+        raise VitError(f"{path}: not a regular file (a {kind}); give the path of a file")
+    return os.fdopen(fd, "rb")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -87,7 +108,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     Format: magic `00 00 <type> <ndim>`, then ndim big-endian uint32 dims, then the big-endian data.
     """
     path = Path(path)
-    with open(path, "rb") as raw:
+    with open_regular(path) as raw:
         size = os.fstat(raw.fileno()).st_size
         compressed = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
@@ -156,11 +177,12 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G and B planes (32x32
 def read_cifar_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a CIFAR-10 binary batch: images uint8 (N, 3, 32, 32) in RGB order, labels int64 (N,)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0 or size % _CIFAR_RECORD:
-        raise VitError(f"{path}: size {size} is not a positive multiple of the {_CIFAR_RECORD}-byte "
-                       "CIFAR-10 record; the file is truncated or not a CIFAR-10 binary batch")
-    records = np.fromfile(path, dtype=np.uint8)
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0 or size % _CIFAR_RECORD:
+            raise VitError(f"{path}: size {size} is not a positive multiple of the {_CIFAR_RECORD}-byte "
+                           "CIFAR-10 record; the file is truncated or not a CIFAR-10 binary batch")
+        records = np.fromfile(f, dtype=np.uint8)
     if records.size != size:
         raise VitError(f"{path}: file changed while reading ({records.size} of {size} bytes)")
     records = records.reshape(-1, _CIFAR_RECORD)  # (N * 3073,) -> (N, 3073)
@@ -195,8 +217,12 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
               "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
               "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _ST_NAMES = {dt: name for name, dt in _ST_DTYPES.items()}
+# dtypes the official format defines that this project does not read (no ViT checkpoint of ours, timm's
+# or Hugging Face's uses them; torch has no or only partial support for several)
+_ST_UNSUPPORTED = ("U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64")
 _ST_MAX_HEADER = 100_000_000  # the official implementation's limit
 _ST_FIELDS = {"dtype", "shape", "data_offsets"}
+_INT64_MAX = 2**63 - 1  # torch sizes are int64
 
 
 def _unique_object(pairs: list) -> dict:
@@ -204,7 +230,8 @@ def _unique_object(pairs: list) -> dict:
     obj = {}
     for key, value in pairs:
         if key in obj:
-            raise VitError(f"duplicate key {key!r}")
+            # the official reader keeps one of the copies without a word; which one was meant is unknowable
+            raise VitError(f"duplicate key {key!r}: not supported by this project (ambiguous: which copy is meant?)")
         obj[key] = value
     return obj
 
@@ -212,6 +239,14 @@ def _unique_object(pairs: list) -> dict:
 def _is_uint(x: object) -> bool:
     """A JSON non-negative integer (bool excluded: Python's True is an int)."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _dtype_problem(dtype: object) -> str:
+    """Why a header's dtype is refused: a valid safetensors dtype this project does not read, or no dtype at all."""
+    if isinstance(dtype, str) and dtype in _ST_UNSUPPORTED:
+        return (f"dtype {dtype!r} is valid safetensors but not supported by this project "
+                f"(supported: {', '.join(_ST_DTYPES)})")
+    return f"unknown dtype {str(dtype)[:50]!r} (known: {', '.join(_ST_DTYPES)})"
 
 
 def _parse_safetensors_header(path: Path, raw: bytes, data_len: int) -> tuple[list, dict[str, str]]:
@@ -233,9 +268,11 @@ def _parse_safetensors_header(path: Path, raw: bytes, data_len: int) -> tuple[li
             raise VitError(f"{where}: entry must have exactly dtype, shape, data_offsets: {str(info)[:200]}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
-            raise VitError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(_ST_DTYPES)})")
-        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise VitError(f"{where}: shape must be a list of non-negative integers, got {str(shape)[:200]}")
+            raise VitError(f"{where}: {_dtype_problem(dtype)}")
+        if not isinstance(shape, list) or not all(_is_uint(d) and d <= _INT64_MAX for d in shape):
+            # a zero-element tensor may declare any other dim: each must still fit torch's int64 sizes
+            raise VitError(f"{where}: shape must be a list of non-negative integers that fit int64 "
+                           f"(at most 2**63 - 1), got {str(shape)[:200]}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)
                 and offsets[0] <= offsets[1]):
             raise VitError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
@@ -275,7 +312,7 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str,
     uint8 buffer; tensors are views of it (disjoint, writable; together they keep it alive).
     """
     path = Path(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise VitError(f"{path}: truncated: {size} bytes, a safetensors file has at least 8")

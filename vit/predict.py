@@ -19,6 +19,7 @@ from PIL import Image
 
 from vit.augment import eval_transform
 from vit.cli import run_cli
+from vit.data import open_image
 from vit.formats import VitError
 from vit.weights import describe, load_checkpoint, saved_normalisation
 
@@ -41,18 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=positive_int, default=None,
                    help="input size; default the checkpoint's (pos_embed resampled when it differs)")
     return p
-
-
-def open_image(path: str) -> Image.Image:
-    """Decode an image file fully, so that a corrupt file fails here, with its name."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img
-    except Exception as e:
-        # Pillow raises many types on bad input (OSError, ValueError, SyntaxError, DecompressionBombError...);
-        # for the user they all mean "this file is missing, unreadable or not a usable image".
-        raise VitError(f"{path}: cannot read the image: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

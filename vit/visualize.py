@@ -38,7 +38,8 @@ from vit.data import TENSOR_DATASETS, load_tensor_dataset
 from vit.cli import run_cli
 from vit.formats import VitError
 from vit.model import VisionTransformer
-from vit.predict import CROP_PCT, open_image
+from vit.data import open_image
+from vit.predict import CROP_PCT
 from vit.weights import load_checkpoint, saved_normalisation
 
 SMALL_MODEL = 64  # input side up to which an image is resized whole (MNIST / CIFAR models see full frames)
