@@ -9,6 +9,7 @@ into a `Data`: the loaders plus the per-batch preparation that `vit.engine.fit` 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -17,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vit.augment import BATCH_PRESETS, batch_augment, eval_transform, mixup_cutmix, normalize, train_transform
+from vit.augment import BATCH_PRESETS, ResizeCenterCrop, batch_augment, eval_transform, mixup_cutmix, normalize, train_transform
 from vit.config import TrainConfig
 from vit.download import download as download_file
 from vit.download import extract_tar, md5_file
-from vit.formats import VitError, read_cifar_batch, read_idx
+from vit.formats import VitError, open_regular, read_cifar_batch, read_idx
 from vit.runtime import Runtime
 
 # name -> (channels, image side) of the datasets held in memory as tensors
@@ -54,16 +55,19 @@ class TensorDataset:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where a dataset's archives come from: mirrors (tried in order) and the published md5 per file."""
+    """Where a dataset's archives come from: mirrors (tried in order), the published md5 and the size in
+    bytes per file (a download is cut off as soon as it runs past the size)."""
 
     mirrors: tuple[str, ...]
     md5: dict[str, str]
+    size: dict[str, int]
 
     def urls(self, filename: str) -> list[str]:
         return [mirror + filename for mirror in self.mirrors]
 
 
-# Published md5s of the official archives (the same values torchvision checks).
+# Published md5s of the official archives (the same values torchvision checks) and their exact sizes
+# (MNIST: LeCun's download page; Fashion-MNIST and CIFAR-10: the files as their official hosts serve them).
 _SOURCES = {
     "mnist": _Source(
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
@@ -73,6 +77,8 @@ _SOURCES = {
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
+        size={"train-images-idx3-ubyte.gz": 9_912_422, "train-labels-idx1-ubyte.gz": 28_881,
+              "t10k-images-idx3-ubyte.gz": 1_648_877, "t10k-labels-idx1-ubyte.gz": 4_542},
     ),
     "fashion-mnist": _Source(
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -83,10 +89,13 @@ _SOURCES = {
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
+        size={"train-images-idx3-ubyte.gz": 26_421_880, "train-labels-idx1-ubyte.gz": 29_515,
+              "t10k-images-idx3-ubyte.gz": 4_422_102, "t10k-labels-idx1-ubyte.gz": 5_148},
     ),
     "cifar10": _Source(
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         md5={"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
+        size={"cifar-10-binary.tar.gz": 170_052_171},
     ),
 }
 
@@ -109,6 +118,7 @@ _CIFAR_DIR = "cifar-10-batches-bin"
 _CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 _CIFAR_FILES = [*_CIFAR_TRAIN, "test_batch.bin", "batches.meta.txt"]
 _CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+_CIFAR_MEMBER_MAX = 10_000 * (1 + 3 * 32 * 32)  # a batch file, the archive's largest member: 10,000 records
 
 
 def _missing_error(name: str, missing: list[tuple[Path, list[str]]], what_to_do: str) -> VitError:
@@ -145,7 +155,7 @@ def _load_idx_dataset(name: str, folder: Path, download: bool) -> TensorDataset:
         raise _missing_error(name, [(folder / f"{f}.gz", source.urls(f"{f}.gz")) for f in missing],
                              "place the files at the paths above (gzipped or not), or allow downloads")
     for f in missing:
-        download_file(source.urls(f"{f}.gz"), folder / f"{f}.gz", source.md5[f"{f}.gz"])
+        download_file(source.urls(f"{f}.gz"), folder / f"{f}.gz", source.md5[f"{f}.gz"], source.size[f"{f}.gz"])
     tensors = {}
     for split, (images_file, labels_file) in _IDX_FILES.items():
         images_path, labels_path = _idx_path(folder, images_file), _idx_path(folder, labels_file)
@@ -181,11 +191,11 @@ def _load_cifar10(folder: Path, download: bool) -> TensorDataset:
                                      f"place {_CIFAR_ARCHIVE} (md5 {source.md5[_CIFAR_ARCHIVE]}) at the path above, "
                                      f"or its extracted files at:\n" + "".join(f"  {p}\n" for p in missing)
                                      + "or allow downloads")
-            download_file(source.urls(_CIFAR_ARCHIVE), archive, source.md5[_CIFAR_ARCHIVE])
+            download_file(source.urls(_CIFAR_ARCHIVE), archive, source.md5[_CIFAR_ARCHIVE], source.size[_CIFAR_ARCHIVE])
         elif md5_file(archive) != source.md5[_CIFAR_ARCHIVE]:
             # A hand-placed archive gets the same check as a downloaded one.
             raise VitError(f"{archive}: md5 is not {source.md5[_CIFAR_ARCHIVE]}; delete it to download it again")
-        extract_tar(archive, folder, [f"{_CIFAR_DIR}/{f}" for f in _CIFAR_FILES])
+        extract_tar(archive, folder, [f"{_CIFAR_DIR}/{f}" for f in _CIFAR_FILES], _CIFAR_MEMBER_MAX)
     train_x, train_y = _read_cifar_files([batches / f for f in _CIFAR_TRAIN])
     test_x, test_y = _read_cifar_files([batches / "test_batch.bin"])
     meta = batches / "batches.meta.txt"
@@ -349,6 +359,19 @@ def _stratified_split(per_class: list[list[Path]], val_fraction: float, seed: in
     return train, val
 
 
+def split_folders(root: str | Path) -> tuple[Path, Path | None]:
+    """(the folder whose class sub-folders are trained on, the validation folder or None to split it).
+
+    root/train with root/val (else root/test) beside it: those two; root/train alone: it is split;
+    otherwise root itself is the class folder and is split."""
+    root = Path(root)
+    train_dir = root / "train"
+    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if train_dir.is_dir():
+        return train_dir, val_dir
+    return root, None
+
+
 def folder_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0
                   ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
     """Train samples, val samples and class names of an image folder.
@@ -358,28 +381,61 @@ def folder_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0
     as below. Otherwise root/<class>/... is split per class with a seeded stratified split:
     round(k * val_fraction) images of a class with k images go to val, at least one when k >= 2.
     """
-    root = Path(root)
     if not 0 <= val_fraction < 1:
         raise VitError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    train_dir = root / "train"
-    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
-        classes = find_classes(train_dir)
+    train_dir, val_dir = split_folders(root)
+    classes = find_classes(train_dir)
+    if val_dir is not None:
         labels = {c: i for i, c in enumerate(classes)}
         val_classes = find_classes(val_dir)
         unknown = [c for c in val_classes if c not in labels]
         if unknown:
             raise VitError(f"{val_dir}: classes {unknown} are not in {train_dir}")
         return _scan(train_dir, classes, labels), _scan(val_dir, val_classes, labels), classes
-    if train_dir.is_dir():
-        root = train_dir  # train/ without val/ or test/: split it
-    classes = find_classes(root)
-    train, val = _stratified_split([_class_files(root, c) for c in classes], val_fraction, seed)
+    train, val = _stratified_split([_class_files(train_dir, c) for c in classes], val_fraction, seed)
     return train, val, classes
 
 
+# A larger file named like an image is junk or hostile, not a photo (ImageNet's largest is ~15 MB, a
+# 100-megapixel JPEG ~50 MB): Pillow's JPEG header parser walks junk in Python at ~8 MB/s, so a 1 GiB
+# file starting with a JPEG marker took minutes to refuse, every epoch.
+MAX_IMAGE_BYTES = 64 << 20
+
+
+def open_image(path: str | Path, draft_size: int = 0) -> Image.Image:
+    """Decode the image file at `path` in full, so a bad file fails here with its name: the one way the
+    project opens images (image folders, vit.predict, vit.visualize).
+
+    Before decoding: a regular file (a fifo would block the reader), at most MAX_IMAGE_BYTES, and
+    Pillow's header parse, which refuses a decompression bomb (more than twice its pixel limit) from
+    the declared size alone. With `draft_size`, a JPEG at least twice that on its shorter side is
+    decoded in Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), keeping the shorter side >= it.
+    Any problem is a VitError naming the file.
+    """
+    try:
+        f = open_regular(path)
+    except OSError as e:  # missing, unreadable
+        raise VitError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_IMAGE_BYTES:
+            raise VitError(f"{path}: cannot read the image: {size} bytes, more than the {MAX_IMAGE_BYTES} "
+                           "an image file may have; remove or replace the file")
+        try:
+            with Image.open(f) as img:
+                if draft_size and img.format == "JPEG" and min(img.size) >= 2 * draft_size:
+                    img.draft("RGB", (draft_size, draft_size))
+                img.load()  # decode now, while the file is open
+                return img
+        except Exception as e:
+            # Pillow raises many types on bad input (OSError, SyntaxError, struct.error, ValueError,
+            # DecompressionBombError...); for the user they all mean "this file is not a usable image".
+            raise VitError(f"{path}: cannot read the image ({type(e).__name__}: {e}); "
+                           "remove or replace the file") from None
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Decode `img` and convert any mode to 8-bit RGB."""
+    """Convert a decoded image of any mode to 8-bit RGB."""
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")  # palette transparency is only applied correctly through RGBA
     elif img.mode.startswith("I"):
@@ -391,7 +447,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Decode (path, label) samples lazily: PIL -> RGB -> transform(img, generator).
+    """Decode (path, label) samples lazily with `open_image`: PIL -> RGB -> transform(img, generator).
 
     The transform's generator is seeded from (seed, epoch, index) alone, so an item's augmentation
     does not depend on worker count or order. JPEGs at least twice the transform's `size` on their
@@ -413,17 +469,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def _load(self, path: Path) -> Image.Image:
         size = getattr(self.transform, "size", None)
-        size = size if isinstance(size, int) else 0  # only a plain int size enables draft decoding
+        img = open_image(path, size if isinstance(size, int) else 0)  # only a plain int size enables draft decoding
         try:
-            with Image.open(path) as img:
-                if img.format == "JPEG" and size and min(img.size) >= 2 * size:
-                    img.draft("RGB", (size, size))
-                img.load()  # decode now, while the file is open
-                return _to_rgb(img)
-        except Exception as e:
-            # Pillow raises many types on bad input (OSError, SyntaxError, struct.error,
-            # DecompressionBombError...); for the user they all mean "this file is not a usable image".
-            raise VitError(f"{path}: cannot decode image ({type(e).__name__}: {e}); remove or replace the file") from e
+            return _to_rgb(img)
+        except (ValueError, OSError) as e:  # a decoded mode Pillow cannot convert to RGB
+            raise VitError(f"{path}: cannot read the image (mode {img.mode}: {e}); "
+                           "remove or replace the file") from None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
@@ -522,14 +573,21 @@ def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime |
                 download: bool = True) -> Data:
     """MNIST / Fashion-MNIST / CIFAR-10 as uint8 tensors on the training device, augmented per batch
     (the airbench way: cfg.aug, cfg.crop_padding, mixup/cutmix). Evaluates on the official test set."""
-    rt = rt or Runtime(torch.device("cpu"))
     if cfg.aug not in BATCH_PRESETS:
         raise VitError(f"aug {cfg.aug!r} is not a batch augmentation for {name}; choose from {', '.join(BATCH_PRESETS)}")
     ds = load_tensor_dataset(name, data_dir, download=download)
+    return in_memory_data(ds, cfg, rt or Runtime(torch.device("cpu")), "test")
+
+
+def in_memory_data(ds: TensorDataset, cfg: TrainConfig, rt: Runtime, split: str) -> Data:
+    """The loaders of a dataset held as uint8 tensors, moved to the training device: batches gathered
+    by TensorLoader, augmented per batch (cfg.aug, cfg.crop_padding), normalised, mixed."""
     dev = rt.device
     per_process = cfg.batch_size // rt.world_size
-    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), per_process, shuffle=True, drop_last=True,
-                         seed=cfg.seed, rank=rt.rank, world_size=rt.world_size)
+    # full batches only, so DDP ranks stay in step; a set smaller than one batch trains on it whole
+    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), per_process, shuffle=True,
+                         drop_last=len(ds.train_x) >= per_process * rt.world_size, seed=cfg.seed, rank=rt.rank,
+                         world_size=rt.world_size)
     # evaluation in training-size batches: on the CPU batches of 512 ran 1.3x (MNIST) to 1.6x (CIFAR-10)
     # slower than 128, the attention maps no longer fitting in cache
     test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), per_process, shuffle=False, drop_last=False,
@@ -541,20 +599,64 @@ def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime |
         return mix(normalize(x, ds.mean, ds.std), y, g)
 
     return Data(train, test, prepare_train, lambda x: normalize(x, ds.mean, ds.std), ds.classes, list(ds.mean),
-                list(ds.std), "test")
+                list(ds.std), split)
+
+
+class _Pixels:
+    """An image as uint8 pixels (3, size, size): shorter side resized to `size`, centre crop (no margin)."""
+
+    def __init__(self, size: int, interpolation: int) -> None:
+        self.size, self.resize = size, ResizeCenterCrop(size, crop_pct=1.0, interpolation=interpolation)
+
+    def __call__(self, img: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        pixels = np.array(self.resize(img.convert("RGB")), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def _decode_all(samples: list[tuple[Path, int]], size: int, interpolation: int, workers: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of `samples` decoded once, in `workers` processes: uint8 (N, 3, size, size), labels (N,)."""
+    loader = FolderLoader(ImageFolderDataset(samples, _Pixels(size, interpolation)), 256, shuffle=False,
+                          drop_last=False, workers=workers)
+    xs, ys = zip(*loader) if samples else ((torch.zeros(0, 3, size, size, dtype=torch.uint8),), (torch.zeros(0),))
+    return torch.cat(xs), torch.cat(ys).long()
 
 
 def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime | None = None, *,
-                interpolation: str = "bicubic", mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> Data:
-    """An image folder (see `folder_splits`), decoded per item in rt.workers DataLoader workers:
-    random-resized-crop + flip (+ cfg.jitter) for training, or eval-style resizing with aug 'none';
-    resize + centre crop for validation."""
+                interpolation: str = "bicubic", mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None) -> Data:
+    """An image folder (see `folder_splits`) in one of two ways, by cfg.aug:
+
+    - a batch preset ('cifar', 'crop', 'flip', 'mnist', as for the tensor datasets): every image is
+      decoded once, resized (shorter side to img_size) and centre-cropped, and kept as uint8 tensors
+      on the device, augmented per batch. Fast, for folders that fit in memory (N x 3 x S x S bytes);
+      normalised with the training images' own mean/std unless `mean`/`std` are given;
+    - 'rrc' or 'none': decoded per item in every epoch, in rt.workers DataLoader workers, with
+      random-resized-crop + flip (+ cfg.jitter), or eval-style resizing; ImageNet's mean/std by default.
+    Validation: resize + centre crop (the first: no margin; the second: timm's crop_pct 0.9)."""
     rt = rt or Runtime(torch.device("cpu"))
-    if cfg.aug not in ("none", "rrc"):
-        raise VitError(f"aug {cfg.aug!r} is not available for image folders; choose from none, rrc")
+    if cfg.aug not in (*BATCH_PRESETS, "rrc"):
+        raise VitError(f"aug {cfg.aug!r} is not available for image folders; choose from rrc, "
+                       f"{', '.join(BATCH_PRESETS)}")
     train_samples, val_samples, classes = folder_splits(root, cfg.val_fraction, cfg.seed)
+    train_dir, val_dir = split_folders(root)
+    if len(classes) < 2:
+        raise VitError(f"{train_dir}: an image classifier needs at least 2 classes (sub-folders of images), "
+                       f"found 1: {classes[0]}")
+    if rt.main:
+        held_out = (f"validating on {val_dir} ({len(val_samples)} images)" if val_dir is not None else
+                    f"validating on {len(val_samples)} of its images held out (--val-fraction {cfg.val_fraction:g})")
+        print(f"{root}: {len(classes)} classes; training on {train_dir} ({len(train_samples)} images), {held_out}",
+              file=sys.stderr)
     interp = INTERPOLATIONS[interpolation]
+    if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
+        train_x, train_y = _decode_all(train_samples, img_size, interp, rt.workers)
+        val_x, val_y = _decode_all(val_samples, img_size, interp, rt.workers)
+        pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)  # (N, 3, S, S) -> (3, N*S*S)
+        mean = tuple(mean) if mean is not None else tuple(pixels.mean(1).tolist())
+        std = tuple(std) if std is not None else tuple(pixels.std(1).clamp(min=1e-3).tolist())
+        return in_memory_data(TensorDataset(train_x, train_y, val_x, val_y, classes, mean, std), cfg, rt, "val")
+    mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
     train_tf = eval_tf if cfg.aug == "none" else train_transform(img_size, mean, std, cfg.jitter, interpolation=interp)
     per_process = cfg.batch_size // rt.world_size

@@ -76,9 +76,10 @@ def _checked_fields(kw: dict[str, object]) -> dict[str, object]:
         if not accepts(value):
             raise VitError(f"config field {name} is {str(value)[:50]!r} ({type(value).__name__}), not {kind}")
         if name in _MAX_VALUE and value > _MAX_VALUE[name]:
-            raise VitError(f"config field {name} is {value:g}, above the {_MAX_VALUE[name]:g} this project builds")
+            raise VitError(f"config field {name} is {str(value)[:50]}, above the {_MAX_VALUE[name]} "
+                           "this project builds")
         if name == "norm_eps" and not value > 0:
-            raise VitError(f"config field norm_eps is {value:g}; a LayerNorm eps must be > 0")
+            raise VitError(f"config field norm_eps is {value}; a LayerNorm eps must be > 0")
         out[name] = float(value) if _CONFIG_FIELDS[name] == "float" else value
     return out
 
@@ -86,8 +87,9 @@ def _checked_fields(kw: dict[str, object]) -> dict[str, object]:
 def _make_config(**kw: object) -> ViTConfig:
     """ViTConfig(**kw) from checked fields (`_checked_fields`), with its own ValueError turned into VitError,
     and a token grid of at most MAX_TOKENS."""
+    checked = _checked_fields(kw)
     try:
-        cfg = ViTConfig(**_checked_fields(kw))
+        cfg = ViTConfig(**checked)
     except ValueError as e:
         raise VitError(f"invalid config: {e}") from None
     if cfg.num_patches > MAX_TOKENS:
@@ -205,10 +207,13 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: object) -> ViTConf
                            f"({_listing(state, 5)})")
         return state[key]
 
+    overrides = _checked_fields(overrides)  # patch_size and img_size are used below, before _make_config
     if any(k.startswith("patch_embed.stem.") for k in state):
         raise VitError("a conv-stem patch embedding cannot be inferred from shapes; only our own checkpoints "
                        "(with their config in the metadata) use it")
     w = need("patch_embed.proj.weight")
+    if 0 in w.shape:  # a zero width or patch size would divide by zero below
+        raise VitError(f"patch_embed.proj.weight has shape {tuple(w.shape)}, with a zero dimension")
     pos = need("pos_embed")
     tokens = pos.shape[1] if pos.ndim == 3 and pos.shape[0] == 1 else 0
     if tokens < 2 or math.isqrt(tokens - 1) ** 2 != tokens - 1:
@@ -359,8 +364,8 @@ def _class_names(layout: str, metadata: dict[str, str], hf: dict, num_classes: i
     if layout == "ours" and "classes" in metadata:
         try:
             names = json.loads(metadata["classes"])
-        except ValueError:
-            raise VitError("metadata 'classes' is not JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
+            raise VitError("metadata 'classes' is not JSON (or nested too deeply)") from None
     elif isinstance(hf.get("id2label"), dict):
         try:
             names = [hf["id2label"][str(i)] for i in range(num_classes)]
@@ -384,10 +389,11 @@ def _file_config(state: dict[str, torch.Tensor], metadata: dict[str, str], layou
     if layout == "ours":
         try:
             saved = json.loads(metadata["config"])
-        except ValueError:
-            raise VitError("metadata 'config' is not JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
+            raise VitError("metadata 'config' is not JSON (or nested too deeply)") from None
         if not isinstance(saved, dict):
             raise VitError("metadata 'config' is not a JSON object")
+        saved = {k: v for k, v in saved.items() if k not in _LEGACY_FIELDS}
         blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
         if saved.get("depth") != blocks:  # checked before building: a bogus depth would build that many blocks
             raise VitError(f"metadata config says depth {str(saved.get('depth'))[:20]}, "
@@ -470,6 +476,11 @@ def load_checkpoint(
         if head_reset:
             model.reset_head(num_classes)  # zero init (and real memory where the model was built on 'meta')
         expected_missing = {k for k in model.state_dict() if k.startswith("head.")} if head_reset else set()
+        # Buffers get their own memory: the file's tensors are views of one read buffer and so share one
+        # autograd version counter, and BatchNorm (the stem) updates its running stats in place in every
+        # training forward, which would then count as modifying the weights the backward pass needs.
+        buffers = set(dict(model.named_buffers()))
+        state = {k: v.clone() if k in buffers else v for k, v in state.items()}
         # assign=True: the parameters become the file's tensors (no copy into a freshly initialised model)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if set(missing) != expected_missing or unexpected:
@@ -506,10 +517,13 @@ def saved_normalisation(layout: str, metadata: dict[str, str], channels: int) ->
         if layout == "ours" and key in metadata:
             try:
                 value = [float(v) for v in json.loads(metadata[key])]
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):  # RecursionError: JSON nested past Python's stack
                 raise VitError(f"checkpoint metadata {key!r} is not a JSON list of numbers: "
                                f"{metadata[key][:100]}") from None
             if len(value) != channels:
                 raise VitError(f"checkpoint metadata {key!r} has {len(value)} values for {channels} channels")
+            if not all(math.isfinite(v) for v in value) or (key == "std" and min(value) <= 0):
+                raise VitError(f"checkpoint metadata {key!r} is {metadata[key][:100]}: need finite numbers"
+                               + (", all > 0" if key == "std" else ""))
         stats.append(value)
     return stats[0], stats[1]
