@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="auto", help=f"auto (infer from the file) or a preset to check it against: "
                                                   f"{', '.join(k for k in PRESETS if k.startswith('vit_'))}")
-    m.add_argument("--patch", choices=("conv", "manual"), default="conv", help="patch embedding to load into")
+    m.add_argument("--patch", choices=("conv", "manual"), help="patch embedding to load a timm/HF file into "
+                                                                "(default: the file's; the weights are the same)")
     m.add_argument("--keep-head", action="store_true", help="keep the file's head (class count must match)")
     m.add_argument("--freeze", action="store_true", help="train the head only (linear probe)")
     m.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.75; 1 = off)")

@@ -12,7 +12,6 @@ runs/<data>-<patch>-<pos>-<timestamp>/ (see vit/runs.py for the files).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch
 
 from vit.augment import BATCH_PRESETS
 from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
-from vit.config import FOLDER_AUGS, TrainConfig
+from vit.config import TrainConfig
 from vit.data import TENSOR_DATASETS, folder_data, tensor_data
-from vit.model import PRESETS, ViTConfig, VisionTransformer, count_params
-from vit.recipes import RECIPE_PRESETS, RECIPES
+from vit.weights import describe
+from vit.model import PRESETS, ViTConfig, VisionTransformer
+from vit.recipes import FOLDER_IMG_SIZE, RECIPE_PRESETS, RECIPES, folder_arch, folder_schedule
 
 # model flag -> ViTConfig field
 MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
@@ -34,17 +34,18 @@ MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=recipes_epilog({k: RECIPES[k] for k in RECIPE_PRESETS}, RECIPE_PRESETS))
+                                epilog=recipes_epilog({k: RECIPES[k] for k in (*RECIPE_PRESETS, "folder")},
+                                                      {**RECIPE_PRESETS, "folder": "sized from --img-size"}))
     d = p.add_argument_group("data")
     d.add_argument("--data", default="mnist", help=f"{' | '.join(TENSOR_DATASETS)} | PATH to an image folder")
     d.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (or are downloaded to)")
     d.add_argument("--no-download", action="store_true", help="never touch the network")
     d.add_argument("--val-fraction", type=float, help="folders without train/val: held-out fraction (default 0.1)")
-    d.add_argument("--img-size", type=int, help="folders: training resolution (default: the preset's)")
-    d.add_argument("--aug", help=f"augmentation: {', '.join(BATCH_PRESETS)} (tensor datasets); "
-                                 f"{', '.join(FOLDER_AUGS)} (folders)")
-    d.add_argument("--crop-padding", type=int, help="tensor datasets: the random crop's zero padding in pixels "
-                                                    "(--aug cifar, crop)")
+    d.add_argument("--img-size", type=int, help=f"folders: training resolution (default {FOLDER_IMG_SIZE}, or the "
+                                                "--preset's)")
+    d.add_argument("--aug", help=f"augmentation per batch: {', '.join(BATCH_PRESETS)}; folders also: rrc "
+                                 "(random-resized-crop + flip per image, decoded every epoch)")
+    d.add_argument("--crop-padding", type=int, help="the random crop's zero padding in pixels (--aug cifar, crop)")
     m = p.add_argument_group("model (default: the preset's)")
     m.add_argument("--preset", choices=sorted(PRESETS), help="base architecture (default: the dataset's)")
     m.add_argument("--patch", choices=("manual", "conv", "stem"), help="patch embedding")
@@ -67,11 +68,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     args.kind = args.data if args.data in TENSOR_DATASETS else "folder"
     if args.kind == "folder" and not Path(args.data).is_dir():
         p.error(f"--data {args.data!r} is neither one of {', '.join(TENSOR_DATASETS)} nor a folder")
-    augs = FOLDER_AUGS if args.kind == "folder" else BATCH_PRESETS
+    augs = ("rrc", *BATCH_PRESETS) if args.kind == "folder" else BATCH_PRESETS
     if args.aug is not None and args.aug not in augs:
         p.error(f"--aug {args.aug!r} is not available for {args.kind} data; choose from {', '.join(augs)}")
-    if args.kind == "folder" and args.crop_padding is not None:
-        p.error("--crop-padding applies to MNIST, Fashion-MNIST and CIFAR-10 (folders use --aug rrc)")
+    if args.aug == "rrc" and args.crop_padding is not None:
+        p.error("--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc")
     if args.img_size is not None and args.kind != "folder":
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     cfg = train_config(p, args, RECIPES[args.kind])
@@ -82,9 +83,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 def model_config(p: argparse.ArgumentParser, args: argparse.Namespace, cfg: TrainConfig) -> ViTConfig:
     """The preset, overridden by the data's image shape and by every model flag given; checked before
     any data is read. num_classes is a placeholder until the data is loaded."""
-    preset = args.preset or RECIPE_PRESETS[args.kind]
-    in_chans, img_size = TENSOR_DATASETS.get(args.kind) or (3, PRESETS[preset].get("img_size", 224))
-    values = {**PRESETS[preset], "in_chans": in_chans, "img_size": img_size, "drop_path_rate": cfg.drop_path}
+    if args.kind == "folder" and args.preset is None:  # a model sized from the folder's resolution
+        base = folder_arch(args.img_size or FOLDER_IMG_SIZE)
+    else:
+        base = PRESETS[args.preset or RECIPE_PRESETS[args.kind]]
+    in_chans, img_size = TENSOR_DATASETS.get(args.kind) or (3, base.get("img_size", 224))
+    values = {**base, "in_chans": in_chans, "img_size": img_size, "drop_path_rate": cfg.drop_path}
     values.update({field: getattr(args, flag) for flag, field in MODEL_FLAGS.items() if getattr(args, flag) is not None})
     try:
         return ViTConfig(**{f.name: values[f.name] for f in fields(ViTConfig) if f.name in values})
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.kind == "folder":
         name = Path(args.data).resolve().name
         data = folder_data(args.data, cfg, model_cfg.img_size, rt)
+        if args.epochs is None:  # the recipe's epochs follow the folder's size
+            cfg = folder_schedule(cfg, len(data.train) * cfg.batch_size)
     else:
         name = args.data
         data = tensor_data(name, args.data_dir, cfg, rt, download=not args.no_download)
@@ -109,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # the model's initial weights; each epoch reseeds from (seed, epoch, rank)
     model = VisionTransformer(model_cfg)
     if rt.main:
-        print(f"{name}: {len(data.classes)} classes | model {count_params(model) / 1e6:.2f}M params "
-              f"{json.dumps(asdict(model_cfg))}", file=sys.stderr)
+        print(f"{name}: {len(data.classes)} classes, {cfg.epochs} epochs | model {describe(model_cfg)}",
+              file=sys.stderr)
     return run(model, data, cfg, rt, args, f"{name}-{model_cfg.patch_embed}-{model_cfg.pos_embed}")
 
 

@@ -96,8 +96,8 @@ def _folder(root: Path) -> Path:
 
 def test_train_folder_only_and_tensor_only_flags(tmp_path, capsys):
     folder = _folder(tmp_path / "folder")
-    code, err = _exit_code(train.main, ["--data", str(folder), "--aug", "mnist"], capsys)
-    assert code == 2 and "--aug 'mnist' is not available for folder data; choose from none, rrc" in err
+    code, err = _exit_code(train.main, ["--data", str(folder), "--aug", "rotate"], capsys)
+    assert code == 2 and "--aug 'rotate' is not available for folder data; choose from rrc, none, mnist" in err
 
 
 @pytest.mark.parametrize("argv, flag", NUMERIC_FLAGS_TRAIN)

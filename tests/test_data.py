@@ -121,8 +121,8 @@ def test_missing_files_are_downloaded_with_the_published_md5(tmp_path, monkeypat
     _write_mnist(source, gz=(True,) * 4)
     calls = []
 
-    def fake_download(urls, dest, md5, timeout=30.0):
-        calls.append((urls, dest, md5))
+    def fake_download(urls, dest, md5, size, timeout=30.0):
+        calls.append((urls, dest, md5, size))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes((source / dest.name).read_bytes())
         return dest
@@ -131,10 +131,10 @@ def test_missing_files_are_downloaded_with_the_published_md5(tmp_path, monkeypat
     ds = load_tensor_dataset("mnist", tmp_path / "root")
     assert len(ds.train_y) == 7 and len(ds.test_y) == 3
     assert [c[1] for c in calls] == [tmp_path / "root" / "mnist" / f"{n}.gz" for n in IDX_NAMES]
-    urls, _, md5 = calls[0]
+    urls, _, md5, size = calls[0]
     assert urls == ["https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
                     "http://yann.lecun.com/exdb/mnist/train-images-idx3-ubyte.gz"]
-    assert md5 == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    assert md5 == "f68b3c2dcbeaaa9fbdd348bbdeb94873" and size == 9_912_422
     load_tensor_dataset("mnist", tmp_path / "root")  # second time: all present, no download
     assert len(calls) == 4
 
@@ -192,8 +192,8 @@ def test_cifar_download_extracts_only_the_expected_members(tmp_path, monkeypatch
     archive = _cifar_tarball(tmp_path)
     calls = []
 
-    def fake_download(urls, dest, md5, timeout=30.0):
-        calls.append((urls, md5))
+    def fake_download(urls, dest, md5, size, timeout=30.0):
+        calls.append((urls, md5, size))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(archive.read_bytes())
         return dest
@@ -201,7 +201,8 @@ def test_cifar_download_extracts_only_the_expected_members(tmp_path, monkeypatch
     monkeypatch.setattr(data, "download_file", fake_download)
     ds = load_tensor_dataset("cifar10", tmp_path / "root")
     assert len(ds.train_y) == 20 and len(ds.test_y) == 4
-    assert calls == [(["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"], "c32a1d4ab5d03f1284b67883e8d87530")]
+    assert calls == [(["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"], "c32a1d4ab5d03f1284b67883e8d87530",
+                      170_052_171)]
     extracted = sorted(p.name for p in (tmp_path / "root" / "cifar10" / "cifar-10-batches-bin").iterdir())
     assert extracted == sorted([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"])
 
@@ -215,7 +216,8 @@ def test_cifar_hand_placed_archive_is_md5_checked(tmp_path, monkeypatch):
     with pytest.raises(VitError, match=r"cifar-10-binary\.tar\.gz: md5 is not c32a1d4ab5d03f1284b67883e8d87530"):
         load_tensor_dataset("cifar10", tmp_path / "root", download=False)
     # With the archive's own md5 as the published one, the same hand-placed file is accepted.
-    source = data._Source(mirrors=("http://127.0.0.1:9/",), md5={"cifar-10-binary.tar.gz": md5_file(placed)})
+    source = data._Source(mirrors=("http://127.0.0.1:9/",), md5={"cifar-10-binary.tar.gz": md5_file(placed)},
+                          size={"cifar-10-binary.tar.gz": placed.stat().st_size})
     monkeypatch.setitem(data._SOURCES, "cifar10", source)
     assert len(load_tensor_dataset("cifar10", tmp_path / "root", download=False).train_y) == 20
 
@@ -453,7 +455,7 @@ def test_undecodable_file_fails_at_getitem_naming_the_file(tmp_path, content):
     train, _, _ = folder_splits(tmp_path, val_fraction=0.0)  # listing never decodes
     ds = ImageFolderDataset(train, Tiny())
     index = [p.name for p, _ in train].index("bad.jpg")
-    with pytest.raises(VitError, match=rf"{bad}: cannot decode image"):
+    with pytest.raises(VitError, match=rf"{bad}: cannot read the image"):
         ds[index]
     assert ds[1 - index][0].shape == (3, 8, 8)
 

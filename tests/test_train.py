@@ -272,11 +272,11 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
-def test_crop_padding_is_refused_for_folders(capsys, tmp_path):
+def test_crop_padding_is_refused_with_per_image_crops(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        train.main(["--data", str(tmp_path), "--crop-padding", "2"])
+        train.main(["--data", str(tmp_path), "--aug", "rrc", "--crop-padding", "2"])
     assert e.value.code == 2
-    assert "--crop-padding applies to MNIST, Fashion-MNIST and CIFAR-10" in capsys.readouterr().err
+    assert "--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc" in capsys.readouterr().err
 
 
 def test_missing_data_without_download_is_a_message_not_a_traceback(tmp_path):

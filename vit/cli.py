@@ -97,7 +97,8 @@ def recipes_epilog(recipes: dict[str, TrainConfig], presets: dict[str, str] | No
     """The per-dataset defaults as a small table for --help (every field: --print-config)."""
     rows = [("recipe", "model", "epochs", "batch", "lr", "aug", "patch-dropout", "tta")]
     for name, r in recipes.items():
-        rows.append((name, (presets or {}).get(name, "from --weights"), str(r.epochs), str(r.batch_size), f"{r.lr:g}",
+        epochs = "by size" if name == "folder" else str(r.epochs)  # vit.recipes.folder_schedule
+        rows.append((name, (presets or {}).get(name, "from --weights"), epochs, str(r.batch_size), f"{r.lr:g}",
                      r.aug, f"{r.patch_dropout:g}", r.tta))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

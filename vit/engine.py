@@ -338,8 +338,6 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         if rt.compile:
             net = torch.compile(net)
         steps_per_epoch, num_classes = len(data.train), len(data.classes)
-        if steps_per_epoch == 0:
-            raise VitError(f"the training set is smaller than one batch of {cfg.batch_size} images; lower the batch size")
         total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
         if rt.main:
             write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})

@@ -1,0 +1,150 @@
+"""The command line as a new user meets it: Ctrl-C, --resume auto, folders with one class or a test/
+split, help for every flag, --print-config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vit import engine
+from vit.cli import run_cli
+from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import finetune  # noqa: E402  (scripts at the repository root)
+import train  # noqa: E402
+
+TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
+
+
+def mnist_argv(data: Path, *extra: str) -> list[str]:
+    return ["--data", "mnist", "--data-dir", str(data), "--no-download", "--tta", "none", *TINY, *extra]
+
+
+def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) at the start of the n-th epoch this process trains."""
+    real, calls = engine.train_epoch, []
+
+    def epoch(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "train_epoch", epoch)
+
+
+def exit_of(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: train.main(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_130_naming_how_to_continue(tmp_path, monkeypatch, capsys):
+    data, out = write_mnist(tmp_path / "data"), tmp_path / "run"
+    interrupt_in_epoch(monkeypatch, 2)
+    code, err = exit_of(mnist_argv(data, "--epochs", "3", "--output", str(out)), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert err.rstrip().splitlines()[-1] == f"interrupted after epoch 1; continue with --resume auto --output {out}"
+    monkeypatch.undo()
+    results = train.main(mnist_argv(data, "--epochs", "3", "--output", str(out), "--resume", "auto"))
+    assert results["epochs"] == 3 and "resumed from" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    data, out = write_mnist(tmp_path / "data"), tmp_path / "run"
+    interrupt_in_epoch(monkeypatch, 1)
+    code, err = exit_of(mnist_argv(data, "--epochs", "2", "--output", str(out)), capsys)
+    assert code == 130
+    assert err.rstrip().splitlines()[-1] == f"interrupted before the first epoch was saved; no epoch was saved; removed {out}"
+    assert not out.exists()
+
+
+def test_a_real_sigint_exits_130_without_a_traceback(tmp_path):
+    data, out = write_mnist(tmp_path / "data", n_train=960), tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *mnist_argv(data, "--epochs", "50"),
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "state.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and f"continue with --resume auto --output {out}" in err
+
+
+def test_resume_auto_takes_the_newest_run_not_an_older_finished_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working folder
+    data = write_mnist(tmp_path / "data")
+    argv = mnist_argv(data, "--epochs", "1")
+    train.main(argv)  # a finished run
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    time.sleep(1.1)  # run folders are named to the second
+    capsys.readouterr()
+    train.main(argv + ["--resume", "auto"])  # the newest run is finished: a new run, said so
+    err = capsys.readouterr().err
+    assert f"the newest run {Path('runs') / runs[0].name} finished its 1 epochs; starting a new run" in err
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    # a run killed before its first state (only args.json left): --resume auto starts it again in place
+    newest = max((tmp_path / "runs").iterdir(), key=lambda f: f.stat().st_mtime)
+    time.sleep(1.1)
+    killed = tmp_path / "runs" / (newest.name[:-6] + "999999")
+    killed.mkdir()
+    (killed / "args.json").write_text("{}")
+    train.main(argv + ["--resume", "auto"])
+    err = capsys.readouterr().err
+    assert "has no saved state yet" in err and (killed / "results.json").exists()
+    assert len(list((tmp_path / "runs").iterdir())) == 3
+
+
+def test_a_folder_with_one_class_is_refused(tmp_path, capsys):
+    (tmp_path / "only").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "only" / f"{i}.png")
+    code, err = exit_of(["--data", str(tmp_path), "--epochs", "1", "--workers", "0"], capsys)
+    assert code == 1 and "needs at least 2 classes (sub-folders of images), found 1: only" in err
+
+
+def test_a_folder_run_says_which_split_it_validates_on(tmp_path, capsys):
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (120 * i, 0, 0)).save(tmp_path / split / name / f"{i}.png")
+    train.main(["--data", str(tmp_path), "--img-size", "16", "--patch-size", "4", "--output", str(tmp_path / "out"),
+                "--epochs", "1", *TINY])
+    err = capsys.readouterr().err
+    assert f"training on {tmp_path / 'train'} (4 images), validating on {tmp_path / 'test'} (4 images)" in err
+
+
+@pytest.mark.parametrize("script", [train, finetune])
+def test_every_flag_has_help(script):
+    missing = [a.option_strings for a in script.build_parser()._actions
+               if a.option_strings and a.help in (None, "") and "-h" not in a.option_strings]
+    assert not missing
+
+
+def test_help_shows_the_per_dataset_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["-h"])
+    out = capsys.readouterr().out
+    assert "defaults per dataset" in out
+    assert any(line.split()[:5] == ["cifar10", "cifar10", "26", "128", "0.002"] for line in out.splitlines())
+
+
+def test_print_config_shows_the_resolved_recipe_and_model(tmp_path, capsys):
+    assert train.main(["--data", "cifar10", "--lr", "1e-3", "--patch", "stem", "--print-config",
+                       "--data-dir", str(tmp_path)]) == {}
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"]["lr"] == 1e-3 and shown["config"]["epochs"] == 26 and shown["config"]["tta"] == "shift"
+    assert shown["model"]["patch_embed"] == "stem" and shown["model"]["embed_dim"] == 128
+    assert not (tmp_path / "cifar10").exists()  # nothing was read or downloaded
