@@ -114,6 +114,19 @@ def test_a_folder_with_one_class_is_refused(tmp_path, capsys):
     assert code == 1 and "needs at least 2 classes (sub-folders of images), found 1: only" in err
 
 
+def test_every_unreadable_image_of_a_folder_is_named_in_one_pass(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    broken = [tmp_path / "a" / "0.png", tmp_path / "b" / "2.png", tmp_path / "b" / "3.png"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    code, err = exit_of(["--data", str(tmp_path), "--epochs", "1", "--workers", "0"], capsys)
+    assert code == 1 and "3 of " in err and "images cannot be read; remove or replace them" in err
+    assert all(str(path) in err for path in broken)
+
+
 def test_a_folder_run_says_which_split_it_validates_on(tmp_path, capsys):
     for split in ("train", "test"):
         for name in ("a", "b"):

@@ -109,11 +109,26 @@ def test_no_download_lists_exact_missing_paths_and_urls(tmp_path, monkeypatch):
     with pytest.raises(VitError) as info:
         load_tensor_dataset("mnist", tmp_path, download=False)
     message = str(info.value)
-    assert f"{folder / 'train-images-idx3-ubyte.gz'}\n" in message
-    assert f"{folder / 't10k-labels-idx1-ubyte.gz'}\n" in message
+    assert f"{folder / 'train-images-idx3-ubyte.gz'}  (md5 f68b3c2dcbeaaa9fbdd348bbdeb94873, 9,912,422 bytes)\n" in message
+    assert f"{folder / 't10k-labels-idx1-ubyte.gz'}  (md5 ec29112dd5afa0611ce80d1b7f02629c, 4,542 bytes)\n" in message
+    assert "mnist: 2 file(s) missing and downloads are off" in message and "(gzipped or not)" in message
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz" in message
     assert "http://yann.lecun.com/exdb/mnist/t10k-labels-idx1-ubyte.gz" in message
     assert "train-labels" not in message  # only what is really missing
+
+
+def test_without_network_one_message_names_every_missing_file(tmp_path, monkeypatch):
+    def offline(urls, dest, md5, size, **kwargs):
+        raise VitError(f"{urls[0]}: network unreachable")
+
+    monkeypatch.setattr(data, "download_file", offline)
+    with pytest.raises(VitError) as info:
+        load_tensor_dataset("mnist", tmp_path)  # downloads allowed, but there is no network
+    message = str(info.value)
+    assert message.startswith("mnist: 4 file(s) missing and the download failed (")
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert f"{tmp_path / 'mnist' / name}.gz  (md5 " in message
+    assert "(gzipped or not)" in message and "--no-download" in message
 
 
 def test_missing_files_are_downloaded_with_the_published_md5(tmp_path, monkeypatch):
@@ -229,9 +244,22 @@ def test_cifar_no_download_message(tmp_path, monkeypatch):
         load_tensor_dataset("cifar10", tmp_path, download=False)
     message = str(info.value)
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-    assert f"{folder / 'cifar-10-binary.tar.gz'}\n    from {url}" in message
+    assert f"{folder / 'cifar-10-binary.tar.gz'}  (md5 c32a1d4ab5d03f1284b67883e8d87530, 170,052,171 bytes)\n    from {url}" in message
     assert str(folder / "cifar-10-batches-bin" / "data_batch_1.bin") in message
     assert "c32a1d4ab5d03f1284b67883e8d87530" in message
+
+
+def test_cifar_without_network_says_where_to_place_the_archive(tmp_path, monkeypatch):
+    def offline(urls, dest, md5, size, **kwargs):
+        raise VitError(f"{urls[0]}: network unreachable")
+
+    monkeypatch.setattr(data, "download_file", offline)
+    with pytest.raises(VitError) as info:
+        load_tensor_dataset("cifar10", tmp_path)
+    message = str(info.value)
+    assert message.startswith("cifar10: 1 file(s) missing and the download failed (")
+    assert f"{tmp_path / 'cifar10' / 'cifar-10-binary.tar.gz'}  (md5 c32a1d4ab5d03f1284b67883e8d87530" in message
+    assert "--no-download" in message
 
 
 # ------------------------------------------------------------------------------------- real data

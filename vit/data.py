@@ -121,10 +121,12 @@ _CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
 _CIFAR_MEMBER_MAX = 10_000 * (1 + 3 * 32 * 32)  # a batch file, the archive's largest member: 10,000 records
 
 
-def _missing_error(name: str, missing: list[tuple[Path, list[str]]], what_to_do: str) -> VitError:
-    """The --no-download error: each missing file's exact path and its official URLs, then what to do."""
-    lines = [f"  {path}\n    from {' or '.join(urls)}\n" for path, urls in missing]
-    return VitError(f"{name}: files missing and downloads are off:\n" + "".join(lines) + what_to_do)
+def _missing_error(name: str, source: _Source, missing: list[tuple[Path, str]], why: str, what_to_do: str) -> VitError:
+    """Every missing file of a dataset in one message: its exact path, md5, size and official URLs
+    (`missing`: (path to place it at, the archive's official name)), why it is missing, what to do."""
+    lines = [f"  {path}  (md5 {source.md5[file]}, {source.size[file]:,} bytes)\n    from {' or '.join(source.urls(file))}\n"
+             for path, file in missing]
+    return VitError(f"{name}: {len(missing)} file(s) missing and {why}:\n" + "".join(lines) + what_to_do)
 
 
 def _idx_path(folder: Path, filename: str) -> Path | None:
@@ -151,11 +153,18 @@ def _load_idx_dataset(name: str, folder: Path, download: bool) -> TensorDataset:
     source = _SOURCES[name]
     needed = [f for pair in _IDX_FILES.values() for f in pair]
     missing = [f for f in needed if _idx_path(folder, f) is None]
+    place = "place the files at the paths above (gzipped or not)"
     if missing and not download:
-        raise _missing_error(name, [(folder / f"{f}.gz", source.urls(f"{f}.gz")) for f in missing],
-                             "place the files at the paths above (gzipped or not), or allow downloads")
+        raise _missing_error(name, source, [(folder / f"{f}.gz", f"{f}.gz") for f in missing], "downloads are off",
+                             f"{place}, or allow downloads")
     for f in missing:
-        download_file(source.urls(f"{f}.gz"), folder / f"{f}.gz", source.md5[f"{f}.gz"], source.size[f"{f}.gz"])
+        try:
+            download_file(source.urls(f"{f}.gz"), folder / f"{f}.gz", source.md5[f"{f}.gz"], source.size[f"{f}.gz"])
+        except VitError as e:  # no network: name every file still missing at once, not one per attempt
+            still = [g for g in needed if _idx_path(folder, g) is None]
+            raise _missing_error(name, source, [(folder / f"{g}.gz", f"{g}.gz") for g in still],
+                                 f"the download failed ({e})",
+                                 f"{place} and run again (with --no-download to never touch the network)") from None
     tensors = {}
     for split, (images_file, labels_file) in _IDX_FILES.items():
         images_path, labels_path = _idx_path(folder, images_file), _idx_path(folder, labels_file)
@@ -187,11 +196,16 @@ def _load_cifar10(folder: Path, download: bool) -> TensorDataset:
         archive = folder / _CIFAR_ARCHIVE
         if not archive.is_file():
             if not download:
-                raise _missing_error("cifar10", [(archive, source.urls(_CIFAR_ARCHIVE))],
-                                     f"place {_CIFAR_ARCHIVE} (md5 {source.md5[_CIFAR_ARCHIVE]}) at the path above, "
-                                     f"or its extracted files at:\n" + "".join(f"  {p}\n" for p in missing)
-                                     + "or allow downloads")
-            download_file(source.urls(_CIFAR_ARCHIVE), archive, source.md5[_CIFAR_ARCHIVE], source.size[_CIFAR_ARCHIVE])
+                raise _missing_error("cifar10", source, [(archive, _CIFAR_ARCHIVE)], "downloads are off",
+                                     f"place {_CIFAR_ARCHIVE} at the path above, or its extracted files at:\n"
+                                     + "".join(f"  {p}\n" for p in missing) + "or allow downloads")
+            try:
+                download_file(source.urls(_CIFAR_ARCHIVE), archive, source.md5[_CIFAR_ARCHIVE],
+                              source.size[_CIFAR_ARCHIVE])
+            except VitError as e:
+                raise _missing_error("cifar10", source, [(archive, _CIFAR_ARCHIVE)], f"the download failed ({e})",
+                                     f"place {_CIFAR_ARCHIVE} at the path above and run again (with --no-download "
+                                     "to never touch the network)") from None
         elif md5_file(archive) != source.md5[_CIFAR_ARCHIVE]:
             # A hand-placed archive gets the same check as a downloaded one.
             raise VitError(f"{archive}: md5 is not {source.md5[_CIFAR_ARCHIVE]}; delete it to download it again")
@@ -613,12 +627,37 @@ class _Pixels:
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
+class _Decoded(torch.utils.data.Dataset):
+    """An ImageFolderDataset whose items never raise: (pixels, label, '') or (zeros, label, the error)."""
+
+    def __init__(self, dataset: ImageFolderDataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            x, label = self.dataset[i]
+            return x, label, ""
+        except VitError as e:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.dataset.samples[i][1], str(e)
+
+
 def _decode_all(samples: list[tuple[Path, int]], size: int, interpolation: int, workers: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of `samples` decoded once, in `workers` processes: uint8 (N, 3, size, size), labels (N,)."""
-    loader = FolderLoader(ImageFolderDataset(samples, _Pixels(size, interpolation)), 256, shuffle=False,
-                          drop_last=False, workers=workers)
-    xs, ys = zip(*loader) if samples else ((torch.zeros(0, 3, size, size, dtype=torch.uint8),), (torch.zeros(0),))
+    """Every image of `samples` decoded once, in `workers` processes: uint8 (N, 3, size, size), labels (N,).
+    Every unreadable image is found in this one pass: a VitError names the first few and counts them."""
+    images = _Decoded(ImageFolderDataset(samples, _Pixels(size, interpolation)), size)
+    xs, ys, errors = [torch.zeros(0, 3, size, size, dtype=torch.uint8)], [torch.zeros(0, dtype=torch.long)], []
+    for x, y, problems in torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers):
+        xs.append(x)
+        ys.append(y)
+        errors += [p for p in problems if p]
+    if errors:
+        shown = "\n  ".join(errors[:5])
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise VitError(f"{len(errors)} of {len(samples)} images cannot be read; remove or replace them:\n  {shown}{more}")
     return torch.cat(xs), torch.cat(ys).long()
 
 
@@ -650,8 +689,9 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
               file=sys.stderr)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
-        train_x, train_y = _decode_all(train_samples, img_size, interp, rt.workers)
-        val_x, val_y = _decode_all(val_samples, img_size, interp, rt.workers)
+        x, y = _decode_all(train_samples + val_samples, img_size, interp, rt.workers)  # one pass names every bad file
+        (train_x, val_x), (train_y, val_y) = x.split([len(train_samples), len(val_samples)]), \
+            y.split([len(train_samples), len(val_samples)])
         pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)  # (N, 3, S, S) -> (3, N*S*S)
         mean = tuple(mean) if mean is not None else tuple(pixels.mean(1).tolist())
         std = tuple(std) if std is not None else tuple(pixels.std(1).clamp(min=1e-3).tolist())
