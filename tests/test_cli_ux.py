@@ -161,3 +161,19 @@ def test_print_config_shows_the_resolved_recipe_and_model(tmp_path, capsys):
     assert shown["config"]["lr"] == 1e-3 and shown["config"]["epochs"] == 26 and shown["config"]["tta"] == "shift"
     assert shown["model"]["patch_embed"] == "stem" and shown["model"]["embed_dim"] == 128
     assert not (tmp_path / "cifar10").exists()  # nothing was read or downloaded
+
+
+def test_abbreviations_resolve_as_timm_users_expect():
+    # argparse's prefixes are kept (timm's train.py has them too); an exact flag always wins over a longer
+    # one it is the prefix of, and these are the only such pairs, so a new flag cannot add a surprise
+    for script, pairs in ((train, {"--data": ["--data-dir"], "--patch": ["--patch-size", "--patch-dropout"],
+                                   "--drop": ["--drop-path"]}),
+                          (finetune, {"--patch": ["--patch-dropout"]})):
+        flags = [o for a in script.build_parser()._actions for o in a.option_strings if o.startswith("--")]
+        assert {f: [g for g in flags if g != f and g.startswith(f)] for f in flags
+                if any(g != f and g.startswith(f) for g in flags)} == pairs
+    args = train.build_parser().parse_args(["--epoch", "3", "--drop", "0.1", "--patch", "stem", "--data", "mnist"])
+    assert (args.epochs, args.drop, args.drop_path, args.patch, args.patch_size, args.data) == (3, 0.1, None, "stem",
+                                                                                              None, "mnist")
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--eval", "1"])  # --eval-only or --eval-every: ambiguous, refused
