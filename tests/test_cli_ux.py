@@ -177,3 +177,18 @@ def test_abbreviations_resolve_as_timm_users_expect():
                                                                                               None, "mnist")
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--eval", "1"])  # --eval-only or --eval-every: ambiguous, refused
+
+
+def test_the_whole_run_estimate_counts_unmasked_epochs_and_evaluations(capsys):
+    cfg = train.RECIPES["mnist"].replace(epochs=10, patch_dropout=0.5, unmasked_epochs=1, eval_every=5, tta="shift")
+    estimate = engine.RunEstimate(cfg, first_epoch=0, steps_per_epoch=100, eval_images=1000, enabled=True, ema=False,
+                                  after=10)
+    estimate.step(9, 0.9, 1152)
+    assert capsys.readouterr().err == ""  # not yet: said once, after `after` steps
+    estimate.step(10, 1.0, 1280)
+    # 9 masked epochs + 1 unmasked at twice the cost = 1,100 steps of 0.1 s; evaluations after epochs 5 and 10
+    # (the last with 9 views): 10,000 images at 2/3 of a masked training image's 1/1280 s
+    assert capsys.readouterr().err.strip() == ("estimate: the rest of this run (10 epoch(s), 2 evaluation(s)) "
+                                               "takes about 115 s")
+    estimate.step(20, 2.0, 2560)
+    assert capsys.readouterr().err == ""  # once only
