@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default="mnist", help=f"{' | '.join(TENSOR_DATASETS)} | PATH to an image folder")
     d.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (or are downloaded to)")
     d.add_argument("--no-download", action="store_true", help="never touch the network")
+    d.add_argument("--classes", help="comma-separated class names: train and test on these classes only "
+                                     "(MNIST, Fashion-MNIST, CIFAR-10), e.g. bird,cat,deer,dog,frog,horse")
     d.add_argument("--val-fraction", type=float, help="folders without train/val: held-out fraction (default 0.1)")
     d.add_argument("--img-size", type=int, help=f"folders: training resolution (default {FOLDER_IMG_SIZE}, or the "
                                                 "--preset's)")
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--aug {args.aug!r} is not available for {args.kind} data; choose from {', '.join(augs)}")
     if args.aug == "rrc" and args.crop_padding is not None:
         p.error("--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc")
+    if args.classes is not None and args.kind == "folder":
+        p.error("--classes applies to MNIST, Fashion-MNIST and CIFAR-10; for a folder, keep only those class folders")
     if args.img_size is not None and args.kind != "folder":
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     cfg = train_config(p, args, RECIPES[args.kind])
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = folder_schedule(cfg, len(data.train) * cfg.batch_size)
     else:
         name = args.data
-        data = tensor_data(name, args.data_dir, cfg, rt, download=not args.no_download)
+        data = tensor_data(name, args.data_dir, cfg, rt, download=not args.no_download,
+                           classes=args.classes.split(",") if args.classes else None)
     model_cfg = replace(model_cfg, num_classes=len(data.classes))
     torch.manual_seed(cfg.seed)  # the model's initial weights; each epoch reseeds from (seed, epoch, rank)
     model = VisionTransformer(model_cfg)

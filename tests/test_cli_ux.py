@@ -15,6 +15,7 @@ from PIL import Image
 
 from vit import engine
 from vit.cli import run_cli
+from vit.formats import VitError
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,3 +193,17 @@ def test_the_whole_run_estimate_counts_unmasked_epochs_and_evaluations(capsys):
                                                "takes about 115 s")
     estimate.step(20, 2.0, 2560)
     assert capsys.readouterr().err == ""  # once only
+
+
+def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_path):
+    data = write_mnist(tmp_path / "data")  # label k has a bright row at 2k + 4
+    results = train.main(mnist_argv(data, "--epochs", "1", "--classes", "7,2", "--output",
+                                    str(tmp_path / "run")))
+    assert results["classes"] == ["7", "2"] and results["test_images"] == 13  # of 64 test images labelled i % 10: 7 twos, 6 sevens
+    from vit import data as vit_data
+    from vit.recipes import RECIPES
+    subset = vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["7", "2"])
+    x, y = subset.val.x, subset.val.y
+    assert set(y.tolist()) == {0, 1} and (x[y == 0][:, 0, 2 * 7 + 4] == 255).all()  # seven is now label 0
+    with pytest.raises(VitError, match="unknown 'eleven'"):
+        vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["eleven", "2"])

@@ -238,6 +238,24 @@ def load_tensor_dataset(name: str, data_dir: str | Path, download: bool = True) 
     return _load_idx_dataset(name, folder, download)
 
 
+def select_classes(ds: TensorDataset, names: Sequence[str]) -> TensorDataset:
+    """The samples of the classes `names` only, relabelled 0..len(names)-1 in that order (e.g. CIFAR-10's
+    six animals to pre-train on, its four vehicles to fine-tune on)."""
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown or len(set(names)) != len(names) or len(names) < 2:
+        problem = f"unknown {', '.join(map(repr, unknown))}" if unknown else "at least 2 different classes are needed"
+        raise VitError(f"classes {', '.join(names)}: {problem}; the dataset has {', '.join(ds.classes)}")
+    relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
+    relabel[[ds.classes.index(n) for n in names]] = torch.arange(len(names))
+
+    def keep(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = relabel[y]
+        return x[new >= 0], new[new >= 0]
+
+    (train_x, train_y), (test_x, test_y) = keep(ds.train_x, ds.train_y), keep(ds.test_x, ds.test_y)
+    return TensorDataset(train_x, train_y, test_x, test_y, list(names), ds.mean, ds.std)
+
+
 class TensorLoader:
     """Iterate (x, y) batches of in-memory tensors with one gather per batch, no per-sample Python.
 
@@ -584,12 +602,15 @@ def _mixer(cfg: TrainConfig, num_classes: int) -> Callable:
 
 
 def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime | None = None,
-                download: bool = True) -> Data:
+                download: bool = True, classes: Sequence[str] | None = None) -> Data:
     """MNIST / Fashion-MNIST / CIFAR-10 as uint8 tensors on the training device, augmented per batch
-    (the airbench way: cfg.aug, cfg.crop_padding, mixup/cutmix). Evaluates on the official test set."""
+    (the airbench way: cfg.aug, cfg.crop_padding, mixup/cutmix), optionally only some `classes`.
+    Evaluates on the official test set."""
     if cfg.aug not in BATCH_PRESETS:
         raise VitError(f"aug {cfg.aug!r} is not a batch augmentation for {name}; choose from {', '.join(BATCH_PRESETS)}")
     ds = load_tensor_dataset(name, data_dir, download=download)
+    if classes:
+        ds = select_classes(ds, classes)
     return in_memory_data(ds, cfg, rt or Runtime(torch.device("cpu")), "test")
 
 
