@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vit.formats import VitError, read_safetensors, write_safetensors
-from vit.model import PRESETS, ViTConfig, VisionTransformer
+from vit.model import PRESETS, ViTConfig, VisionTransformer, count_params
 
 PathLike = Union[str, Path]
 TIMM_EPS, HF_EPS = 1e-6, 1e-12  # LayerNorm eps of each library's ViT (HF's ViTConfig default)
@@ -255,7 +255,7 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: object) -> ViTConf
 def describe(cfg: ViTConfig) -> str:
     """One line summing up a config, e.g. for `--arch auto` to print what it inferred."""
     with torch.device("meta"):  # shapes only, for the parameter count
-        params = sum(p.numel() for p in VisionTransformer(cfg).parameters())
+        params = count_params(VisionTransformer(cfg))
     head = f"{cfg.num_classes} classes" if cfg.num_classes else "no head"
     return (f"ViT: depth {cfg.depth}, width {cfg.embed_dim}, {cfg.num_heads} heads, mlp {cfg.mlp_ratio:g}x, "
             f"patch {cfg.patch_size} ({cfg.patch_embed}), {cfg.img_size} px ({cfg.grid_size}x{cfg.grid_size} "
