@@ -100,3 +100,16 @@ def test_our_own_checkpoint_fine_tunes_on_every_token_with_its_own_normalisation
     finetune.main(["--weights", str(pretrained / "last.safetensors"), "--data", str(folder), "--epochs", "1",
                    "--patch-dropout", "0.25", "--output", str(tmp_path / "masked")] + FAST)
     assert rates[-1] == 0.25
+
+
+def test_finetune_from_the_tiny_hugging_face_checkpoint_in_every_clone(tmp_path):
+    # tests/fixtures (no ../shared needed): transformers' layout, 3 heads and eps 1e-12 from its config.json
+    weights = Path(__file__).resolve().parent / "fixtures" / "tiny_hf" / "model.safetensors"
+    out = tmp_path / "run"
+    results = finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--epochs", "4",
+                             "--lr", "1e-3", "--output", str(out)] + FAST)
+    assert results["split"] == "val" and results["val_acc"] == 1.0
+    tensors, meta = read_safetensors(out / "best.safetensors")
+    config = json.loads(meta["config"])
+    assert (config["num_heads"], config["norm_eps"], config["num_classes"]) == (3, 1e-12, 3)
+    assert tensors["head.weight"].shape == (3, 48) and json.loads(meta["mean"]) == [0.5, 0.5, 0.5]
