@@ -311,7 +311,7 @@ def _stopped(e: BaseException, out: Path, saved: int | None, rt: Runtime) -> Bas
     if isinstance(e, Diverged):
         return VitError(f"training diverged: {e}; {kept}")
     if saved is None:
-        return Interrupted(f"interrupted before the first epoch was saved; {kept}")
+        return Interrupted(f"interrupted before the first epoch was saved{'; removed ' + str(out) if removed else ''}")
     return Interrupted(f"interrupted after epoch {saved}; continue with --resume auto --output {out}")
 
 
