@@ -1,6 +1,6 @@
 """Benchmarks, printed as plain text tables. Every ratio is measured side by side in one run.
 
-    python -m vit.bench data --data-dir ../shared/data [--folder PATH]
+    python -m vit.bench data --data-dir data [--folder PATH]
     python -m vit.bench model      # fwd+bwd img/s per preset, explicit vs fused attention, vs matmul peak
     python -m vit.bench train      # a real training step (augment + model + AdamW) per recipe, fp32 vs bf16,
                                    # each recipe beside itself with one speed lever undone
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     data = commands.add_parser("data", help="dataset loading and image-folder pipeline speed")
-    data.add_argument("--data-dir", default="../shared/data",
+    data.add_argument("--data-dir", default="data",
                       help="holds mnist/, cifar10-jpg.tar.gz, and optionally cifar10/cifar-10-batches-bin/")
     data.add_argument("--folder", default=None,
                       help="image folder to time (default: the CIFAR-10 test JPEGs extracted to a temp dir)")

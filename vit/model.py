@@ -81,7 +81,7 @@ class ViTConfig:
         return self.grid_size**2
 
 
-# Named configurations. The small ones are tuned for the datasets (see README "Results");
+# Named configurations. The small ones are tuned for the datasets (README, "How the recipes' defaults were chosen");
 # the */16 ones are timm's architectures, so their checkpoints load key for key.
 PRESETS: dict[str, dict] = {
     "mnist": dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,

@@ -3,9 +3,9 @@
 A recipe is a `TrainConfig` (the training choices) and, for training from scratch, the name of the
 architecture in `vit.model.PRESETS` it was tuned with (`RECIPE_PRESETS`). Any flag overrides a
 field; from Python, `RECIPES["mnist"].replace(epochs=1)`. The MNIST and CIFAR-10 recipes were tuned
-by measurement on a 2-core CPU (README, Results): the unmasked last epoch, PatchDropout 0.5, the
+by measurement on a 2-core CPU (README, "How the recipes' defaults were chosen"): the unmasked last epoch, PatchDropout 0.5, the
 learning rate and batch size each paid there. The folder recipe was measured on CIFAR-10's images as
-a folder (README); Fashion-MNIST's is built from the others and unmeasured.
+a folder (README, Results); Fashion-MNIST's is built from the others and unmeasured.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def choose_fused_attn(attn: str, device_type: str) -> bool:
     if attn not in ("auto", "fused", "explicit"):
         raise ValueError(f"attn must be auto, fused or explicit, got {attn!r}")
     # On the CPU, torch's fused (flash) kernel trained the MNIST preset 1.2-1.6x slower and CIFAR-10's
-    # 1.1x slower (head widths 16 and 32) and gained nothing from a second thread (README, Results).
+    # 1.1x slower (head widths 16 and 32) and gained nothing from a second thread (README, "How the recipes' defaults were chosen").
     return attn == "fused" or (attn == "auto" and device_type != "cpu")
 
 
