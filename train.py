@@ -105,13 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     model_cfg = model_config(p, args, cfg)
     if args.print_config:  # num_classes is the preset's until the data is read
         print_config(cfg, asdict(model_cfg))
+        if args.kind == "folder" and args.epochs is None:
+            print("(a folder's epochs and eval_every follow its size once it is read: vit.recipes.folder_schedule)",
+                  file=sys.stderr)
         return {}
     rt = runtime(args)
     if args.kind == "folder":
         name = Path(args.data).resolve().name
         data = folder_data(args.data, cfg, model_cfg.img_size, rt)
-        if args.epochs is None:  # the recipe's epochs follow the folder's size
-            cfg = folder_schedule(cfg, len(data.train) * cfg.batch_size)
+        # the recipe's epochs follow the folder's size; the user's flags still win
+        cfg = train_config(p, args, folder_schedule(RECIPES["folder"], len(data.train) * cfg.batch_size))
     else:
         name = args.data
         data = tensor_data(name, args.data_dir, cfg, rt, download=not args.no_download,

@@ -240,6 +240,8 @@ def test_tta_flip_views_and_unknown_names() -> None:
     assert as_set(v.flip(3) for v in both[9:]) == as_set(both[:9])
     with pytest.raises(ValueError, match="unknown test-time augmentation 'rotate'; choose one of: none, flip, shift"):
         next(tta_views(x, "rotate"))
+    assert [augment.num_tta_views(k) for k in augment.TTA_VIEWS] == [len(list(tta_views(x, k)))
+                                                                   for k in augment.TTA_VIEWS]
 
 
 @pytest.mark.parametrize("padding", [None, 2])

@@ -207,3 +207,18 @@ def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_
     assert set(y.tolist()) == {0, 1} and (x[y == 0][:, 0, 2 * 7 + 4] == 255).all()  # seven is now label 0
     with pytest.raises(VitError, match="unknown 'eleven'"):
         vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["eleven", "2"])
+
+
+def test_a_folder_schedule_follows_its_size_but_flags_win(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "f" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(tmp_path / "f" / name / f"{i}.png")
+    common = ["--data", str(tmp_path / "f"), "--img-size", "16", *TINY[:6], "--batch-size", "4", "--workers", "0"]
+    scheduled = train.main(common + ["--output", str(tmp_path / "a")])
+    assert scheduled["epochs"] == 100  # 12 training images: the 100-epoch cap
+    config = json.loads((tmp_path / "a" / "args.json").read_text())["config"]
+    assert config["eval_every"] == 20
+    train.main(common + ["--eval-every", "50", "--output", str(tmp_path / "b")])  # the schedule, but this flag
+    config = json.loads((tmp_path / "b" / "args.json").read_text())["config"]
+    assert (config["epochs"], config["eval_every"]) == (100, 50)

@@ -233,6 +233,11 @@ def batch_augment(name: str, crop_padding: int = 4) -> Callable[[torch.Tensor, t
 TTA_VIEWS = ("none", "flip", "shift", "flip-shift")  # names accepted by tta_views
 
 
+def num_tta_views(kind: str) -> int:
+    """How many views `tta_views` yields for `kind`: 1, 2 (flip), 9 (shift) or 18 (flip-shift)."""
+    return (2 if "flip" in kind else 1) * (9 if "shift" in kind else 1)
+
+
 def tta_views(x: torch.Tensor, kind: str) -> Iterator[torch.Tensor]:
     """The views of a (B, C, H, W) batch that test-time augmentation averages over, the batch itself first.
 

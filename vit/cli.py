@@ -136,8 +136,8 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
         run_name: str, metadata: dict[str, str] | None = None) -> dict:
     """What both scripts do once model and data are built: find the run folder (--output, --resume),
     then train (or, with --eval-only, score the saved state), and end the DDP job."""
-    out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, say=rt.main,
-                                  overwrite=args.overwrite and rt.main)
+    out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, main=rt.main,
+                                  overwrite=args.overwrite)
     fallback = args.resume == "auto"
     if args.eval_only:
         if resume_from is None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import tta_views
+from .augment import num_tta_views, tta_views
 from .config import TrainConfig
 from .data import Data, mix_seed
 from .formats import VitError
@@ -129,7 +129,7 @@ class RunEstimate:
         # training work left, in units of the current epoch's steps
         self.scale = 1.0 if first_epoch < unmasked_from else 1.0 / keep
         self.units = sum(steps_per_epoch * (1.0 if e < unmasked_from else 1.0 / keep) for e in epochs) / self.scale
-        views = (2 if "flip" in cfg.tta else 1) * (9 if "shift" in cfg.tta else 1)
+        views = num_tta_views(cfg.tta)
         evals = [e + 1 for e in epochs if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.epochs]
         self.eval_images = sum(eval_images * ((views if e == cfg.epochs else 1) + ema) for e in evals)
         self.eval_tokens = 1.0 / (3 * keep * self.scale)  # an evaluated image's cost / a trained image's
@@ -163,8 +163,9 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, cfg: T
     """One pass over the training data, updating `ema` after every step; returns (metrics summed over
     processes, next step)."""
     model.train()
-    generator = torch.Generator().manual_seed(mix_seed(cfg.seed, epoch, rt.rank * 104_729))
-    torch.manual_seed(mix_seed(cfg.seed, epoch, rt.rank * 104_729))  # dropout and drop-path draw from here
+    seed = mix_seed(cfg.seed, epoch, rt.rank * 104_729)  # one stream per process and epoch
+    generator = torch.Generator().manual_seed(seed)  # augmentation and mixing
+    torch.manual_seed(seed)  # dropout, drop-path and PatchDropout draw from here
     data.train.set_epoch(epoch)
     sums = torch.zeros(3, device=rt.device)  # loss * n, correct, n
     progress = Progress(len(data.train), f"epoch {epoch + 1}", rt.main)

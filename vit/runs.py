@@ -36,22 +36,25 @@ import torch.nn as nn
 from . import plot
 from .formats import VitError, atomic_write
 
-STATE_FILE, PREV_STATE_FILE = "state.pt", "state.prev.pt"
+STATE_FILE, PREV_STATE_FILE, LOCK_FILE = "state.pt", "state.prev.pt", ".lock"
 STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
+# what makes a folder "hold a run" (a fresh start would replace it), then the rest --overwrite removes
+RUN_OUTPUTS = (STATE_FILE, PREV_STATE_FILE, "last.safetensors", "best.safetensors", "results.json")
+RUN_FILES = RUN_OUTPUTS + ("metrics.csv", "curves.png", "confusion.png", "args.json", STATE_FILE + ".next")
 
 
 def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: int,
-               runs_dir: Path = Path("runs"), say: bool = True, overwrite: bool = False) -> tuple[Path, Path | None]:
+               runs_dir: Path = Path("runs"), main: bool = True, overwrite: bool = False) -> tuple[Path, Path | None]:
     """The output folder and the state.pt to resume from (None: a fresh start).
 
     resume 'auto' with `output`: the state in that folder, else a fresh start there. 'auto' without
     it: the newest runs/<run_name>-* folder. If that run finished (its results.json has `epochs` or
     more), a new run starts; if it has no state yet (it stopped before its first epoch was saved), it
     starts afresh in that folder; otherwise it resumes (a folder with only state.prev.pt counts:
-    `read_resume_state` falls back to it). Each choice is said on stderr (`say`). resume PATH: a run
-    folder or its state.pt, which must exist. No resume: a new run in `output`, refused if that
-    folder holds a run unless `overwrite` (which removes its files first), else in
-    runs/<run_name>-<timestamp>.
+    `read_resume_state` falls back to it). resume PATH: a run folder or its state.pt, which must
+    exist. No resume: a new run in `output`, refused if that folder holds a run unless `overwrite`,
+    else in runs/<run_name>-<timestamp>. The `main` process (of a DDP job) says each choice on
+    stderr and, with `overwrite`, removes the old run's files.
     """
     fresh = output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume == "auto":
@@ -60,13 +63,14 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
             return fresh, None
         newest = folders[-1]
         if has_state(newest):
-            if output is None and finished_epochs(newest) >= epochs:
-                _say(say, f"--resume auto: the newest run {newest} finished its {finished_epochs(newest)} epochs; "
-                          f"starting a new run in {fresh}")
+            finished = finished_epochs(newest) if output is None else 0
+            if finished >= epochs:  # (0 with --output: its state is resumed whatever it holds)
+                _say(main, f"--resume auto: the newest run {newest} finished its {finished} epochs; "
+                           f"starting a new run in {fresh}")
                 return fresh, None
             return newest, newest / STATE_FILE
         if output is None:
-            _say(say, f"--resume auto: the newest run {newest} has no saved state yet (it stopped before its first "
+            _say(main, f"--resume auto: the newest run {newest} has no saved state yet (it stopped before its first "
                       "epoch was saved); starting it again from the beginning")
         return newest, None
     if resume:
@@ -74,17 +78,18 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
         if path.is_dir():
             path = path / STATE_FILE
             if not path.exists() and (path.parent / PREV_STATE_FILE).exists():  # stopped between the two renames
-                _say(say, f"--resume {resume}: no {STATE_FILE}; resuming from the previous state {PREV_STATE_FILE}")
+                _say(main, f"--resume {resume}: no {STATE_FILE}; resuming from the previous state {PREV_STATE_FILE}")
                 path = path.parent / PREV_STATE_FILE
         if not path.exists():
             raise VitError(f"--resume {resume}: {path} does not exist")
         return path.parent, path
-    if output is not None and holds_run(output) and overwrite:
-        _say(say, f"--overwrite: replacing the run in {output}")
-        clear_run(output)
     if output is not None and holds_run(output):
-        raise VitError(f"--output {output} holds a run; use --resume auto to continue it, another --output, "
-                       "or --overwrite to replace it")
+        if not overwrite:
+                raise VitError(f"--output {output} holds a run; use --resume auto to continue it, another --output, "
+                           "or --overwrite to replace it")
+        if main:
+            print(f"--overwrite: replacing the run in {output}", file=sys.stderr)
+            clear_run(output)
     return fresh, None
 
 
@@ -92,18 +97,14 @@ def has_state(folder: Path) -> bool:
     return (folder / STATE_FILE).exists() or (folder / PREV_STATE_FILE).exists()
 
 
-RUN_FILES = (STATE_FILE, PREV_STATE_FILE, "last.safetensors", "best.safetensors", "results.json", "metrics.csv",
-             "curves.png", "confusion.png", "args.json")
-
-
 def holds_run(folder: Path) -> bool:
     """Whether `folder` holds a run's outputs (a state, weights or results), which a fresh start would replace."""
-    return any((folder / name).exists() for name in RUN_FILES[:5])
+    return any((folder / name).exists() for name in RUN_OUTPUTS)
 
 
 def clear_run(folder: Path) -> None:
     """--overwrite: removes the files a run writes (and nothing else) from `folder`."""
-    for name in RUN_FILES + (STATE_FILE + ".next",):
+    for name in RUN_FILES:
         (folder / name).unlink(missing_ok=True)
 
 
@@ -223,9 +224,6 @@ def save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: 
     if path.exists():
         os.replace(path, path.with_name(PREV_STATE_FILE))
     os.replace(staged, path)
-
-
-LOCK_FILE = ".lock"
 
 
 def lock_run(out: Path) -> Path:
