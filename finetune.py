@@ -18,12 +18,15 @@ import sys
 from pathlib import Path
 
 from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
+from vit.augment import BATCH_PRESETS
 from vit.config import TrainConfig
 from vit.data import folder_data
 from vit.formats import VitError
 from vit.model import PRESETS
 from vit.recipes import RECIPES
 from vit.weights import describe, load_checkpoint, saved_normalisation
+
+BATCH_AUGS = tuple(a for a in BATCH_PRESETS if a != "none")  # "none" here is the per-image eval-style resize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", type=Path, required=True, help="image folder: root/<class>/... or root/{train,val}/...")
     d.add_argument("--val-fraction", type=float, help="held-out fraction when there is no val/ (default 0.1)")
     d.add_argument("--img-size", type=int, default=224, help="fine-tuning resolution (pos_embed is resampled)")
-    d.add_argument("--aug", choices=("rrc", "none"), help="rrc: random-resized-crop + flip (default); "
-                                                          "none: eval-style resize only")
+    d.add_argument("--aug", choices=("rrc", "none", *BATCH_AUGS),
+                   help="rrc: random-resized-crop + flip (default); none: eval-style resize only; "
+                        f"{', '.join(BATCH_AUGS)}: the folder held in memory at --img-size and augmented "
+                        "per batch, as train.py does (for small images, e.g. a model trained by train.py)")
+    d.add_argument("--crop-padding", type=int, help="the random crop's zero padding in pixels (--aug cifar, crop)")
     d.add_argument("--jitter", type=float, help="colour jitter strength (default 0 = off)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="auto", help=f"auto (infer from the file) or a preset to check it against: "
@@ -61,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--arch {args.arch!r}: choose auto or one of {', '.join(PRESETS)}")
     if args.img_size < 1:
         p.error(f"--img-size must be >= 1, got {args.img_size}")
+    if args.crop_padding is not None and args.aug not in ("cifar", "crop"):
+        p.error("--crop-padding applies to the batch crops (--aug cifar, crop)")
     cfg = train_config(p, args, RECIPES["finetune"])
     check_system_args(p, args, cfg)
     return p, args, cfg

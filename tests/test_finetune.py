@@ -113,3 +113,25 @@ def test_finetune_from_the_tiny_hugging_face_checkpoint_in_every_clone(tmp_path)
     config = json.loads(meta["config"])
     assert (config["num_heads"], config["norm_eps"], config["num_classes"]) == (3, 1e-12, 3)
     assert tensors["head.weight"].shape == (3, 48) and json.loads(meta["mean"]) == [0.5, 0.5, 0.5]
+
+
+def test_batch_augmentation_holds_the_folder_in_memory_like_train_py(tmp_path, monkeypatch):
+    # --aug cifar: decoded once at --img-size, augmented per batch (vit.data.in_memory_data), as train.py
+    # does for small images; the crop's padding is the flag's
+    from vit import data as data_module
+
+    weights = Path(__file__).resolve().parent / "fixtures" / "tiny_hf" / "model.safetensors"
+    seen, real = [], data_module.in_memory_data
+    monkeypatch.setattr(data_module, "in_memory_data", lambda ds, cfg, *a: seen.append(cfg) or real(ds, cfg, *a))
+    out = tmp_path / "run"
+    finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--epochs", "1",
+                   "--aug", "cifar", "--crop-padding", "2", "--output", str(out)] + FAST)
+    assert [(c.aug, c.crop_padding) for c in seen] == [("cifar", 2)]
+    assert json.loads((out / "results.json").read_text())["val_images"] == 9
+
+
+def test_crop_padding_without_a_batch_crop_exits_2(tmp_path, capsys):
+    weights = Path(__file__).resolve().parent / "fixtures" / "tiny_hf" / "model.safetensors"
+    with pytest.raises(SystemExit) as e:
+        finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--crop-padding", "2"])
+    assert e.value.code == 2 and "--crop-padding applies to the batch crops (--aug cifar, crop)" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SCRIPTS = {"train.py": "train", "finetune.py": "finetune"}  # repository-root scripts -> module name
-TOOLS = ("predict", "visualize", "sweep", "bench")  # python -m vit.<tool>
+TOOLS = ("predict", "visualize", "sweep", "bench", "transfer")  # python -m vit.<tool>
 SHELL_SEPARATORS = {"&&", "||", ";", "|"}
 NOT_SHELL = {"python", "py", "json", "text", "csv", "diff", "output"}  # fence info strings that are not commands
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
@@ -146,14 +146,16 @@ def check_parses(parser: argparse.ArgumentParser, argv: list[str], command: str,
 
 def check_sweep(argv: list[str], command: str) -> None:
     """vit.sweep: its own flags before `--` (parsed with parse_known_args, refusing leftovers, as the sweep
-    does), train.py's flags after it, and every grid value as train.py flags of one run."""
+    does), the --script's flags (train.py's by default) after it, and every grid value as that script's
+    flags of one run."""
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = check_parses(build_parser("vit.sweep"), own, command, known=True)
-    train = build_parser("train")
+    script = getattr(args, "script", None) or "train"
+    train = build_parser(script)
     fixed = ((["--data", args.data] if getattr(args, "data", None) else [])
              + (["--epochs", str(args.epochs)] if getattr(args, "epochs", None) else []) + extra)
     check_parses(train, fixed, command)
-    # train.py's long options by name without dashes, '-' as '_' (how the sweep names its grid axes)
+    # the script's long options by name without dashes, '-' as '_' (how the sweep names its grid axes)
     options = {a.option_strings[0].lstrip("-").replace("-", "_"): a for a in train._actions
                if a.option_strings and a.option_strings[0].startswith("--")}
     for token in getattr(args, "grid", None) or []:
@@ -161,7 +163,7 @@ def check_sweep(argv: list[str], command: str) -> None:
         action = options.get(name.replace("-", "_"))
         if not sep or action is None:
             pytest.fail(f"README command does not parse:\n  {command}\ngrid axis {token!r} is not NAME=V1,V2 "
-                        "with NAME a train.py flag")
+                        f"with NAME a {script}.py flag")
         if action.nargs == 0:  # an on/off switch: the sweep maps true/false itself
             continue
         for value in values.split(","):

@@ -188,3 +188,46 @@ def test_tiny_sweep_records_failures_and_resumes(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().err
     assert (interrupted / "metrics.csv").stat().st_mtime_ns == metrics  # no epoch trained again
     assert third[1]["test_acc"] == rows[1]["test_acc"] and (interrupted / "results.json").exists()
+
+
+def test_curves_average_the_seeds_over_the_epochs_every_run_evaluated(tmp_path):
+    def run(name: str, accs: dict[int, float]) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = ["epoch,val_acc"] + [f"{e},{accs[e] if e in accs else ''}" for e in range(1, 4)]
+        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+        return str(folder)
+
+    rows = [{"pos": "sin", "seed": 0, "status": "ok", "output": run("a", {1: 0.5, 2: 0.7, 3: 0.9})},
+            {"pos": "sin", "seed": 1, "status": "ok", "output": run("b", {1: 0.3, 3: 0.7})},
+            {"pos": "none", "seed": 0, "status": "failed", "output": run("c", {1: 0.1})},
+            {"pos": "none", "seed": 1, "status": "ok", "output": str(tmp_path / "moved")}]  # no metrics.csv: left out
+    lines = sweep.curves(rows, ["pos"])
+    assert list(lines) == ["sin"]
+    assert lines["sin"][0] == [1.0, 3.0] and lines["sin"][1] == pytest.approx([40.0, 80.0])
+
+
+def test_a_finetune_sweep_runs_finetune_py_and_draws_the_curves(tmp_path):
+    weights = Path(__file__).resolve().parent / "fixtures" / "tiny_hf" / "model.safetensors"
+    folder = tmp_path / "scenes"
+    for split in ("train", "val"):
+        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), tuple(c + 5 * i for c in colour)).save(folder / split / name / f"{i}.png")
+    out = tmp_path / "sweep"
+    fast = ["--img-size", "32", "--batch-size", "4", "--workers", "0", "--threads", "1", "--eval-every", "1"]
+    rows = sweep.main(["--script", "finetune", "--data", str(folder), "--grid", "freeze=true,false", "--epochs", "2",
+                       "--output", str(out), "--", "--weights", str(weights), *fast])
+    assert [(r["freeze"], r["status"]) for r in rows] == [("true", "ok"), ("false", "ok")]
+    command = json.loads((out / "freeze=true-seed0" / "args.json").read_text())["command"]
+    assert command[0] == "finetune.py" and "--freeze" in command
+    assert set(sweep.curves(rows, ["freeze"])) == {"true", "false"}
+    with Image.open(out / "chart_curves.png") as chart:
+        assert chart.size == (800, 500)
+
+
+def test_grid_axes_are_checked_against_the_script_they_run(capsys):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--script", "finetune", "--grid", "pos=sin,learned"])  # a train.py flag, not finetune.py's
+    assert "grid axis 'pos' is not a finetune.py option" in capsys.readouterr().err

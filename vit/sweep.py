@@ -1,26 +1,29 @@
-"""Grid sweeps over train.py's flags: every configuration x seed, trained one after another in this process.
+"""Grid sweeps over train.py's (or finetune.py's) flags: every configuration x seed, trained one after another in this process.
 
     python -m vit.sweep --data mnist --grid patch_size=4,7 depth=2,4 pos=sin,learned --epochs 5 --seeds 2
     python -m vit.sweep --data cifar10 --grid patch=manual,conv,stem --seeds 3 -- --threads 2 --lr 5e-4
+    python -m vit.sweep --script finetune --data scenes --grid lr=1e-4,3e-4 freeze=true,false -- --weights m.safetensors
 
-Every train.py flag can be a grid axis (but --output, --resume, --seed and --eval-only, which the
+Every flag of the script can be a grid axis (but --output, --resume, --seed and --eval-only, which the
 sweep sets): its name without the dashes ('patch_size' or 'patch-size'), then '=' and comma-separated
 values, checked against the flag's type and choices; on/off switches take true/false (yes/no,
-on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `train.main(argv)` (train.py's
-own code path) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep runs seed 0
-of every configuration first, then seed 1, and so on.
+on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `train.main(argv)` (the
+script's own code path) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep
+runs seed 0 of every configuration first, then seed 1, and so on.
 
 Re-running the same command resumes: a run whose results.json exists is skipped, an interrupted
 one continues from its state.pt. A run that fails (a bad flag combination, a bad file, a diverged
 loss, any exception) is recorded with its error message and the sweep goes on.
 
 Files in --output (default sweeps/<data>-<axis>-<axis>...):
-  <config>-seed<k>/  the run's train.py outputs (args.json, checkpoints, curves.png, results.json, ...)
+  <config>-seed<k>/  the run's outputs (args.json, checkpoints, curves.png, metrics.csv, results.json, ...)
   sweep.csv          one row per run: the axes, seed, status, test_acc, params, train_seconds,
                      train_img_per_s, output, error (rewritten after every run)
   sweep.md           one row per configuration: test accuracy mean ± std over seeds, params, training
                      time, img/s; sorted by mean accuracy; failed runs listed below the table
   chart_<axis>.png   test accuracy per value of the axis, mean ± std over all runs with that value
+  chart_curves.png   held-out accuracy per evaluated epoch, one curve per configuration (mean over
+                     seeds): who learns faster, and who ends higher (with --eval-every 1, every epoch)
 """
 
 from __future__ import annotations
@@ -76,26 +79,29 @@ class Axis:
 # The grid: parsing and expansion (pure functions of the command line and train.py's parser)
 
 
-def _train_script() -> ModuleType:
-    """train.py, loaded from the repository root beside this package (it is a script, not a module of
-    the package), once; each run calls its main(), train.py's own code path."""
-    if "train" not in _SCRIPTS:
-        path = Path(__file__).resolve().parents[1] / "train.py"
+SCRIPTS = ("train", "finetune")  # the entry points a sweep can run: train.py and finetune.py
+
+
+def _script(name: str = "train") -> ModuleType:
+    """train.py or finetune.py, loaded from the repository root beside this package (they are scripts,
+    not modules of the package), once; each run calls its main(), the script's own code path."""
+    if name not in _SCRIPTS:
+        path = Path(__file__).resolve().parents[1] / f"{name}.py"
         if not path.is_file():
-            raise VitError(f"vit.sweep runs train.py, which is not at {path}: run it from a checkout of the repository")
-        spec = importlib.util.spec_from_file_location("train", path)
+            raise VitError(f"vit.sweep runs {name}.py, which is not at {path}: run it from a checkout of the repository")
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        _SCRIPTS["train"] = module
-    return _SCRIPTS["train"]
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
 
 
 _SCRIPTS: dict[str, ModuleType] = {}
 
 
-def train_parser() -> argparse.ArgumentParser:
-    """train.py's argument parser (a fresh one, which the caller may modify)."""
-    return _train_script().build_parser()
+def train_parser(script: str = "train") -> argparse.ArgumentParser:
+    """train.py's (or finetune.py's) argument parser (a fresh one, which the caller may modify)."""
+    return _script(script).build_parser()
 
 
 def train_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -133,8 +139,8 @@ def _parse_value(axis: str, action: argparse.Action, text: str) -> tuple[str, tu
     return text, (flag, text)
 
 
-def parse_grid(tokens: Sequence[str], parser: argparse.ArgumentParser) -> list[Axis]:
-    """Axes from 'NAME=V1,V2,...' tokens, NAME a train.py option without dashes ('_' or '-').
+def parse_grid(tokens: Sequence[str], parser: argparse.ArgumentParser, script: str = "train") -> list[Axis]:
+    """Axes from 'NAME=V1,V2,...' tokens, NAME an option of `script`.py (`parser`) without dashes ('_' or '-').
 
     Every name must be an option of `parser` and not one the sweep sets itself (RESERVED); every value
     must convert with the option's type and be one of its choices. Raises ValueError with a message
@@ -151,8 +157,8 @@ def parse_grid(tokens: Sequence[str], parser: argparse.ArgumentParser) -> list[A
             raise ValueError(f"grid axis {name!r} is not allowed: {RESERVED[name]}")
         if name not in options:
             close = difflib.get_close_matches(name, options, n=3)
-            hint = f"; did you mean {' or '.join(close)}?" if close else "; see python train.py --help"
-            raise ValueError(f"grid axis {name!r} is not a train.py option{hint}")
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; see python {script}.py --help"
+            raise ValueError(f"grid axis {name!r} is not a {script}.py option{hint}")
         if any(a.name == name for a in axes):
             raise ValueError(f"grid axis {name!r} is given twice; list all its values once: {name}=A,B")
         texts = [t.strip() for t in listed.split(",")]
@@ -168,8 +174,9 @@ def parse_grid(tokens: Sequence[str], parser: argparse.ArgumentParser) -> list[A
     return axes
 
 
-def check_fixed_flags(argv: Sequence[str], parser: argparse.ArgumentParser, axes: Sequence[Axis]) -> None:
-    """Checks the flags every run gets (`argv`) against train.py's parser (which it sets to raise
+def check_fixed_flags(argv: Sequence[str], parser: argparse.ArgumentParser, axes: Sequence[Axis],
+                      script: str = "train") -> None:
+    """Checks the flags every run gets (`argv`) against `script`.py's parser (which it sets to raise
     instead of exiting): known flags, valid values, none the sweep sets itself, none that is also an
     axis. Raises ValueError with the reason."""
     parser.exit_on_error = False  # raise ArgumentError instead of exiting, to report it as the sweep's error
@@ -177,9 +184,9 @@ def check_fixed_flags(argv: Sequence[str], parser: argparse.ArgumentParser, axes
     try:
         _, unknown = parser.parse_known_args(list(argv))
     except argparse.ArgumentError as e:
-        raise ValueError(f"train.py flags: {e}") from None
+        raise ValueError(f"{script}.py flags: {e}") from None
     if unknown:
-        raise ValueError(f"not train.py flags: {' '.join(unknown)}")
+        raise ValueError(f"not {script}.py flags: {' '.join(unknown)}")
     options = train_options(parser)
     by_flag = {s: name for name, a in options.items() for s in a.option_strings}
     given = {by_flag[t.split("=")[0]] for t in argv if t.split("=")[0] in by_flag}
@@ -233,11 +240,11 @@ class _StderrTail:
 
 
 @contextmanager
-def _train_argv(argv: list[str]) -> Iterator[None]:
-    """sys.argv set to the equivalent `train.py ...` command line for the duration of one run, so
+def _script_argv(script: str, argv: list[str]) -> Iterator[None]:
+    """sys.argv set to the equivalent `<script>.py ...` command line for the duration of one run, so
     the run's args.json and checkpoint metadata (which record sys.argv) say how to repeat it alone."""
     saved = sys.argv
-    sys.argv = ["train.py", *argv]
+    sys.argv = [f"{script}.py", *argv]
     try:
         yield
     finally:
@@ -250,8 +257,8 @@ def _result_fields(results: dict) -> dict[str, object]:
             "train_seconds": results["train_seconds"], "train_img_per_s": results["train_img_per_s"], "error": ""}
 
 
-def train_run(argv: list[str], out: Path) -> dict[str, object]:
-    """One run, `train.main(argv + --output out --resume auto)` in this process, or its saved results
+def train_run(argv: list[str], out: Path, script: str = "train") -> dict[str, object]:
+    """One run, `<script>.main(argv + --output out --resume auto)` in this process, or its saved results
     when out/results.json exists. Returns the sweep.csv fields status..error (not seed and output)."""
     finished = out / "results.json"
     if finished.exists():
@@ -259,14 +266,14 @@ def train_run(argv: list[str], out: Path) -> dict[str, object]:
             return _result_fields(json.loads(finished.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             return {"status": "failed", "error": f"{finished}: unreadable results ({type(e).__name__}: {e})"}
-    train = _train_script()
+    module = _script(script)
     argv = [*argv, "--output", str(out), "--resume", "auto"]
     tail = _StderrTail(sys.stderr)
     try:
-        with redirect_stderr(tail), _train_argv(argv):
-            return _result_fields(train.main(argv))
-    except SystemExit as e:  # train.py's argparse error (exit 2): its message is the last error line
-        error = tail.last_error() or f"train.py exited with status {e.code}"
+        with redirect_stderr(tail), _script_argv(script, argv):
+            return _result_fields(module.main(argv))
+    except SystemExit as e:  # the script's argparse error (exit 2): its message is the last error line
+        error = tail.last_error() or f"{script}.py exited with status {e.code}"
     except VitError as e:
         error = f"error: {e}"
     except Exception as e:  # a bug or a crash: keep the traceback for whoever debugs it, and go on
@@ -275,7 +282,8 @@ def train_run(argv: list[str], out: Path) -> dict[str, object]:
     return {"status": "failed", "error": error}
 
 
-def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path) -> list[dict[str, object]]:
+def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, script: str = "train"
+              ) -> list[dict[str, object]]:
     """Runs (or skips, when finished) every configuration x seed; seed 0 of every configuration first.
     Rewrites output/sweep.csv after each run and returns its rows."""
     configs = expand(axes)
@@ -286,7 +294,7 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path) 
             out = output / f"{config_slug(config)}-seed{seed}"
             skipped = (out / "results.json").exists()
             start = time.perf_counter()
-            row = {**config, "seed": seed, **train_run([*fixed, *config_argv(axes, config), "--seed", str(seed)], out),
+            row = {**config, "seed": seed, **train_run([*fixed, *config_argv(axes, config), "--seed", str(seed)], out, script),
                    "output": str(out)}
             rows.append(row)
             write_csv(output / "sweep.csv", [a.name for a in axes], rows)
@@ -357,6 +365,27 @@ def by_value(rows: Sequence[dict], axis: str) -> list[tuple[str, float, float, i
     return [(value, *mean_std(a), len(a)) for value, a in accs.items()]
 
 
+def curves(rows: Sequence[dict], axes: Sequence[str]) -> dict[str, tuple[list[float], list[float]]]:
+    """Held-out accuracy (%, single view) per evaluated epoch of each configuration with a finished run:
+    the mean over its finished runs, read from their metrics.csv, keyed by the configuration's values
+    ('manual, sin'). Epochs that not every one of those runs evaluated are left out."""
+    per_config: dict[str, list[dict[int, float]]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        try:
+            with open(Path(str(row["output"])) / "metrics.csv", newline="") as f:
+                accs = {int(r["epoch"]): 100 * float(r["val_acc"]) for r in csv.DictReader(f) if r.get("val_acc")}
+        except (OSError, ValueError, KeyError):  # a run folder moved or pruned: its curve is left out
+            continue
+        per_config.setdefault(", ".join(str(row[a]) for a in axes), []).append(accs)
+    out = {}
+    for name, runs in per_config.items():
+        epochs = sorted(set.intersection(*(set(r) for r in runs)))
+        out[name] = ([float(e) for e in epochs], [statistics.fmean(r[e] for r in runs) for e in epochs])
+    return out
+
+
 def _percent(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
 
@@ -385,7 +414,8 @@ def markdown(rows: Sequence[dict], axes: Sequence[str], command: str = "") -> st
 
 
 def write_reports(output: Path, axes: list[str], rows: list[dict], command: str) -> list[Path]:
-    """sweep.md and one chart_<axis>.png per axis; returns the paths written."""
+    """sweep.md, one chart_<axis>.png per axis and chart_curves.png (when the runs evaluated more than
+    one epoch); returns the paths written."""
     with atomic_write(output / "sweep.md", "w") as f:
         f.write(markdown(rows, axes, command))
     written = [output / "sweep.md"]
@@ -399,6 +429,12 @@ def write_reports(output: Path, axes: list[str], rows: list[dict], command: str)
         path = output / f"chart_{axis}.png"
         plot.bar_chart(path, labels, [100 * m for _, m, _, _ in stats], [100 * s for _, _, s, _ in stats],
                        f"test accuracy by {axis} (mean ± std over {over})", "test accuracy (%)")
+        written.append(path)
+    lines = {name: xy for name, xy in curves(rows, axes).items() if len(xy[0]) > 1}
+    if lines:  # who learns faster, and who ends higher
+        path = output / "chart_curves.png"
+        plot.line_chart(path, lines, "held-out accuracy per epoch (single view, mean over seeds)", "epoch",
+                        "accuracy (%)")
         written.append(path)
     return written
 
@@ -415,12 +451,14 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The sweep's own options (train.py flags for every run go after `--`)."""
+    """The sweep's own options (the script's flags for every run go after `--`)."""
     p = argparse.ArgumentParser(prog="python -m vit.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--script", choices=SCRIPTS, default="train",
+                   help="what every run is: train.py (from scratch, the default) or finetune.py (from --weights)")
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
-                   help="axes: train.py options without dashes and the values to try, e.g. depth=2,4 pos=sin,learned")
-    p.add_argument("--data", help="dataset of every run (train.py's --data; default train.py's)")
+                   help="axes: the script's options without dashes and the values to try, e.g. depth=2,4 pos=sin,learned")
+    p.add_argument("--data", help="dataset of every run (the script's --data; default train.py's)")
     p.add_argument("--epochs", type=_positive_int, help="epochs of every run (default: the dataset's recipe)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per configuration, seeds 0 .. N-1")
     p.add_argument("--output", type=Path, help="sweep folder (default sweeps/<data>-<axis>-<axis>...)")
@@ -428,19 +466,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Axis], list[str]]:
-    """(sweep options, grid axes, the fixed train.py flags of every run); bad flags exit 2."""
+    """(sweep options, grid axes, the fixed flags of every run); bad flags exit 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = build_parser()
     args, unknown = p.parse_known_args(own)
     if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)} (train.py flags go after --)")
+        p.error(f"unrecognized arguments: {' '.join(unknown)} ({args.script}.py flags go after --)")
     fixed = ((["--data", args.data] if args.data else []) + (["--epochs", str(args.epochs)] if args.epochs else [])
              + extra)
     try:
-        parser = train_parser()
-        axes = parse_grid(args.grid, parser)
-        check_fixed_flags(fixed, parser, axes)
+        parser = train_parser(args.script)
+        axes = parse_grid(args.grid, parser, args.script)
+        check_fixed_flags(fixed, parser, axes, args.script)
     except ValueError as e:
         p.error(str(e))
     if args.output is None:
@@ -457,7 +495,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VitError(f"--output {args.output}: cannot create the folder ({e.strerror})") from None
-    rows = run_sweep(axes, args.seeds, fixed, args.output)
+    rows = run_sweep(axes, args.seeds, fixed, args.output, args.script)
     written = write_reports(args.output, [a.name for a in axes], rows, command)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows)} runs, {failed} failed; wrote {args.output / 'sweep.csv'}, " + ", ".join(map(str, written)))
