@@ -29,7 +29,8 @@ MENTIONS_COMMAND = re.compile(r"\b(python3?|torchrun)\b")
 
 
 def _logical_lines(text: str) -> tuple[list[str], list[str]]:
-    """(shell lines of the fenced code blocks, with `\\` continuations joined; inline code spans outside them)."""
+    """(shell lines of the fenced code blocks, with `\\` continuations joined; inline code spans outside them,
+    a span wrapped over lines of a paragraph joined by a space)."""
     shell, inline, prose = [], [], []
     fence, info, pending = None, "", ""
     for line in text.splitlines():
@@ -50,8 +51,8 @@ def _logical_lines(text: str) -> tuple[list[str], list[str]]:
             else:
                 shell.append(pending + line)
                 pending = ""
-    for line in prose:
-        inline += INLINE.findall(line)
+    for paragraph in "\n".join(prose).split("\n\n"):  # an inline span may wrap onto the next line
+        inline += INLINE.findall(paragraph.replace("\n", " "))
     return shell, inline
 
 
