@@ -26,7 +26,8 @@ from vit.model import PRESETS
 from vit.recipes import RECIPES
 from vit.weights import describe, load_checkpoint, saved_normalisation
 
-BATCH_AUGS = tuple(a for a in BATCH_PRESETS if a != "none")  # "none" here is the per-image eval-style resize
+# the batch presets for colour images ("mnist" is for digits; "none" here is the per-image eval-style resize)
+BATCH_AUGS = tuple(a for a in BATCH_PRESETS if a not in ("none", "mnist"))
 
 
 def build_parser() -> argparse.ArgumentParser:
