@@ -8,7 +8,9 @@ crash never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 import stat
@@ -50,6 +52,17 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             e.filename = str(path)  # a failed write (ENOSPC) names no file: say which one it was
         raise
     _fsync_dir(path.parent)
+
+
+def write_csv(path: PathLike, columns: list[str], rows: list[dict]) -> None:
+    """A CSV file of `rows` (dicts; keys outside `columns` ignored, missing ones left empty), written
+    atomically (see atomic_write)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path, "w") as f:
+        f.write(text.getvalue())
 
 
 def open_regular(path: PathLike) -> IO[bytes]:

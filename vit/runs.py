@@ -17,7 +17,6 @@ leaves a half-written one under its real name):
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -34,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from . import plot
-from .formats import VitError, atomic_write
+from .formats import VitError, atomic_write, write_csv
 
 STATE_FILE, PREV_STATE_FILE, LOCK_FILE = "state.pt", "state.prev.pt", ".lock"
 STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
@@ -316,12 +315,7 @@ def write_metrics(out: Path, history: list[dict], split: str) -> None:
         columns += ["raw_val_loss", "raw_val_acc"]
     if any("tta_val_acc" in h for h in history):  # --tta: the last evaluation's mean over views
         columns += ["tta_val_loss", "tta_val_acc"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    with atomic_write(out / "metrics.csv", "w") as f:
-        f.write(text.getvalue())
+    write_csv(out / "metrics.csv", columns, history)
     accuracy = {"train": _series(history, "train_acc", 100), split: _series(history, "val_acc", 100)}
     if "raw_val_acc" in columns:
         accuracy[f"{split}, without EMA"] = _series(history, "raw_val_acc", 100)

@@ -32,7 +32,6 @@ import argparse
 import csv
 import difflib
 import importlib.util
-import io
 import itertools
 import json
 import math
@@ -48,7 +47,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
-from vit import plot
+from vit import formats, plot
 from vit.cli import run_cli
 from vit.formats import VitError, atomic_write
 
@@ -311,12 +310,7 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, 
 
 def write_csv(path: Path, axes: list[str], rows: list[dict[str, object]]) -> None:
     """sweep.csv: the axis columns, then RESULT_COLUMNS; test_acc as a fraction, as in results.json."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, [*axes, *RESULT_COLUMNS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(path, "w") as f:
-        f.write(text.getvalue())
+    formats.write_csv(path, [*axes, *RESULT_COLUMNS], rows)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

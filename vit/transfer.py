@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 from vit import plot
 from vit.cli import run_cli
 from vit.data import find_classes, split_folders
-from vit.formats import VitError, atomic_write
+from vit.formats import VitError, atomic_write, write_csv
 from vit.sweep import mean_std, train_run
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
@@ -277,12 +276,7 @@ def _earlier_rows(path: Path) -> list[dict]:
 
 def _write(out: Path, rows: list[dict], markdown: str) -> None:
     """transfer.csv, transfer.md and the charts, rewritten after every run."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(out / "transfer.csv", "w") as f:
-        f.write(text.getvalue())
+    write_csv(out / "transfer.csv", FIELDS, rows)
     with atomic_write(out / "transfer.md", "w") as f:
         f.write(markdown)
     for n in sorted({int(r["per_class"]) for r in rows}):
