@@ -71,8 +71,11 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_folder_behind(tmp_path, monkeyp
 
 def test_a_real_sigint_exits_130_without_a_traceback(tmp_path):
     data, out = write_mnist(tmp_path / "data", n_train=960), tmp_path / "run"
+    # A job started in the background by a non-interactive shell (`cmd &`, as CI scripts do) inherits
+    # SIGINT ignored, and Python then installs no handler: the child gets the default disposition back
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *mnist_argv(data, "--epochs", "50"),
-                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "state.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
