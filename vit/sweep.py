@@ -47,9 +47,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
-from vit import formats, plot
+from vit import plot
 from vit.cli import run_cli
-from vit.formats import VitError, atomic_write
+from vit.formats import VitError, atomic_write, write_csv
 
 # Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
 RESERVED = {"output": "each run gets its own folder under the sweep's --output",
@@ -296,7 +296,8 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, 
             row = {**config, "seed": seed, **train_run([*fixed, *config_argv(axes, config), "--seed", str(seed)], out, script),
                    "output": str(out)}
             rows.append(row)
-            write_csv(output / "sweep.csv", [a.name for a in axes], rows)
+            # sweep.csv: the axis columns, then RESULT_COLUMNS; test_acc a fraction, as in results.json
+            write_csv(output / "sweep.csv", [*(a.name for a in axes), *RESULT_COLUMNS], rows)
             what = (f"test accuracy {100 * row['test_acc']:.2f}%" if row["status"] == "ok"
                     else f"FAILED: {row['error']}")
             when = "finished before, skipped" if skipped else f"{time.perf_counter() - start:.0f}s"
@@ -306,11 +307,6 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, 
 
 # ------------------------------------------------------------------------------------------------
 # Reports (pure functions of the rows, so that a sweep.csv can be re-summarised)
-
-
-def write_csv(path: Path, axes: list[str], rows: list[dict[str, object]]) -> None:
-    """sweep.csv: the axis columns, then RESULT_COLUMNS; test_acc as a fraction, as in results.json."""
-    formats.write_csv(path, [*axes, *RESULT_COLUMNS], rows)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
