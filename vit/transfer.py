@@ -22,7 +22,7 @@ Re-running the same command resumes: finished runs are skipped (vit.sweep.train_
 into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. Writes in OUTPUT:
   transfer.csv   one row per run: N, method, seed, status, accuracy, single-view accuracy, seconds, command
   transfer.md    per N and method: accuracy mean ± std over seeds, and the training seconds until the
-                 single-view accuracy first reached the scratch runs' final one
+                 single-view accuracy first reached the scratch runs' mean final one
   chart_N.png    single-view held-out accuracy against training seconds, one curve per method
 """
 
