@@ -1,7 +1,7 @@
 """Transfer learning on CIFAR-10, measured: pre-train on the six animal classes, fine-tune on the four vehicles.
 
     python -m vit.transfer --data cifar10-jpg                     # cifar10-jpg/{train,test}/<class>/*.jpg
-    python -m vit.transfer --data cifar10-jpg --per-class 5000 --lrs 1e-3 --layer-decays 0.75 --no-head
+    python -m vit.transfer --data cifar10-jpg --per-class 5000 --lrs 1e-3,3e-3 --layer-decays 0.75
 
 Does a model pre-trained on other classes reach a given accuracy on a new task sooner, and end
 higher, than one trained from scratch, and at which fine-tuning learning rate? The ViT paper's
