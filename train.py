@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("(a folder's epochs and eval_every follow its size once it is read: vit.recipes.folder_schedule)",
                   file=sys.stderr)
         return {}
-    rt = runtime(args)
+    rt = runtime(args, model_cfg)
     if args.kind == "folder":
         name = Path(args.data).resolve().name
         data = folder_data(args.data, cfg, model_cfg.img_size, rt)

@@ -14,6 +14,7 @@ from PIL import Image
 from vit import augment, engine, runtime
 from vit.cli import run_cli
 from vit.formats import read_safetensors, write_cifar_batch
+from vit.model import PRESETS, ViTConfig
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,8 +233,10 @@ def test_evaluating_less_often_trains_the_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_attention_is_explicit_on_the_cpu_unless_asked(tmp_path, monkeypatch):
+def test_attention_is_explicit_on_the_cpu_for_narrow_heads_unless_asked(tmp_path, monkeypatch):
     assert not runtime.choose_fused_attn("auto", "cpu") and runtime.choose_fused_attn("auto", "cuda")
+    narrow, wide = ViTConfig(**PRESETS["cifar10"]), ViTConfig(**PRESETS["vit_base_patch16_224"])  # heads 32, 64 wide
+    assert not runtime.choose_fused_attn("auto", "cpu", narrow) and runtime.choose_fused_attn("auto", "cpu", wide)
     assert runtime.choose_fused_attn("fused", "cpu") and not runtime.choose_fused_attn("explicit", "cuda")
     # and the run applies it to every block of the model it trains
     kernels = []

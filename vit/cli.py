@@ -23,9 +23,9 @@ from .config import ConfigError, TrainConfig
 from .data import Data
 from .engine import evaluate_saved, fit
 from .formats import VitError
-from .model import VisionTransformer
+from .model import ViTConfig, VisionTransformer
 from .runs import run_folder
-from .runtime import Runtime, setup_runtime, shutdown, world_size
+from .runtime import AMP_MIN_WIDTH, FUSED_MIN_HEAD_DIM, Runtime, setup_runtime, shutdown, world_size
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -56,10 +56,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where to train (auto: CUDA, else MPS, else the CPU)")
     s.add_argument("--attn", choices=("auto", "fused", "explicit"), default="auto",
-                   help="F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v; "
-                        "auto: explicit on the CPU (1.1-1.6x faster there for these small models), else fused")
+                   help="F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v; auto: fused, "
+                        f"except on the CPU for heads narrower than {FUSED_MIN_HEAD_DIM} (explicit was 1.1-1.6x "
+                        "faster there)")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA, off for CPU/MPS)")
+                   help="bf16 autocast (default: on for CUDA; on a CPU only with AMX-BF16 and a model at least "
+                        f"{AMP_MIN_WIDTH} wide, where it measured faster; the run prints what it chose and why)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers (folders)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -126,10 +128,15 @@ def check_system_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--overwrite starts afresh; it cannot be combined with --resume")
 
 
-def runtime(args: argparse.Namespace) -> Runtime:
-    """The Runtime the system flags ask for (joins torchrun's DDP job when launched by it)."""
-    return setup_runtime(args.device, amp=args.amp, attn=args.attn, threads=args.threads, compile=args.compile,
-                         workers=args.workers)
+def runtime(args: argparse.Namespace, model: ViTConfig) -> Runtime:
+    """The Runtime the system flags ask for, for the architecture `model` (joins torchrun's DDP job when
+    launched by it); prints the device, precision and attention kernel chosen, and why."""
+    rt = setup_runtime(args.device, amp=args.amp, attn=args.attn, threads=args.threads, compile=args.compile,
+                       workers=args.workers, model=model)
+    if rt.main:
+        print(f"running on {rt.device} in {'bf16 autocast' if rt.amp else 'fp32'} ({rt.amp_reason}), "
+              f"{'fused' if rt.fused_attn else 'explicit'} attention", file=sys.stderr)
+    return rt
 
 
 def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, args: argparse.Namespace,
