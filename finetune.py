@@ -2,7 +2,7 @@
 
     # weights: timm's vit_base_patch16_224.augreg2_in21k_ft_in1k or google/vit-base-patch16-224 model.safetensors
     python finetune.py --weights model.safetensors --data path/to/scenes         # root/{train,val}/<class>/...
-    python finetune.py --weights model.safetensors --data scenes --freeze        # linear probe: head only
+    python finetune.py --weights model.safetensors --data scenes --freeze        # linear probe on cached features
     python finetune.py --weights model.safetensors --data scenes --img-size 384  # pos_embed resampled once
 
 The weights load key for key into our hand-built ViT (vit/weights.py checks every key and shape),
@@ -20,9 +20,10 @@ from pathlib import Path
 from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
 from vit.augment import BATCH_PRESETS
 from vit.config import TrainConfig
-from vit.data import folder_data
+from vit.data import find_classes, folder_data, split_folders
 from vit.formats import VitError
 from vit.model import PRESETS
+from vit.probe import feature_data
 from vit.recipes import RECIPES
 from vit.weights import describe, load_checkpoint, saved_normalisation
 
@@ -50,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--patch", choices=("conv", "manual"), help="patch embedding to load a timm/HF file into "
                                                                 "(default: the file's; the weights are the same)")
     m.add_argument("--keep-head", action="store_true", help="keep the file's head (class count must match)")
-    m.add_argument("--freeze", action="store_true", help="train the head only (linear probe)")
+    m.add_argument("--freeze", action="store_true",
+                   help="train the head only (linear probe): the frozen backbone runs once per image (eval "
+                        "transform) and the head trains on the cached features (vit/probe.py)")
+    m.add_argument("--probe-views", type=int,
+                   help="--freeze: cache this many views of each training image, the eval view and "
+                        "random-resized-crop + flip ones (default 1: the eval view only)")
     m.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.75; 1 = off)")
     add_common_args(p)
     return p
@@ -71,6 +77,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     if args.crop_padding is not None and args.aug not in ("cifar", "crop"):
         p.error("--crop-padding applies to the batch crops (--aug cifar, crop)")
     cfg = train_config(p, args, RECIPES["finetune"])
+    if args.probe_views is not None and (not args.freeze or args.probe_views < 1):
+        p.error(f"--probe-views {args.probe_views}: " + ("needs --freeze" if not args.freeze else "must be >= 1"))
+    if args.freeze:  # the head trains on cached features of whole images: nothing per batch or per token
+        per_batch = {"--aug": args.aug is not None, "--crop-padding": args.crop_padding is not None,
+                     "--mixup": cfg.mixup > 0, "--cutmix": cfg.cutmix > 0, "--patch-dropout": cfg.patch_dropout > 0,
+                     "--tta": cfg.tta != "none"}
+        given = [name for name, on in per_batch.items() if on]
+        if given:
+            p.error(f"{', '.join(given)}: --freeze trains the head on cached features of each image, where "
+                    "these do not apply (--probe-views adds augmented views)")
     check_system_args(p, args, cfg)
     return p, args, cfg
 
@@ -80,29 +96,31 @@ def main(argv: list[str] | None = None) -> dict:
     if args.print_config:  # the model is the file's: see the line printed when it loads
         print_config(cfg)
         return {}
-    rt = runtime(args)
     model, info = load_checkpoint(args.weights, arch=args.arch, img_size=args.img_size, patch_embed=args.patch,
                                   drop_path_rate=cfg.drop_path)
     if model.cfg.in_chans != 3:
         raise VitError(f"{args.weights}: the model takes {model.cfg.in_chans}-channel images; finetune.py feeds "
                        "RGB images from a folder")
     mean, std = saved_normalisation(info["layout"], info["metadata"], model.cfg.in_chans)
-    data = folder_data(args.data, cfg, args.img_size, rt, mean=mean, std=std)
-    changes = []
-    if len(data.classes) != model.cfg.num_classes:
+    rt = runtime(args, model.cfg)
+    if rt.main:
+        resampled = "; pos_embed resampled from {} to {}".format(*info["resampled"]) if info["resampled"] else ""
+        print(f"loaded {args.weights} ({info['layout']} layout): {describe(model.cfg)}; normalised with mean "
+              f"{mean}, std {std}{resampled}", file=sys.stderr)
+    classes = find_classes(split_folders(args.data)[0])  # the head is settled before any image is decoded
+    if len(classes) != model.cfg.num_classes:
         if args.keep_head:
             raise VitError(f"--keep-head: {args.weights} has a head for {model.cfg.num_classes} classes, "
-                           f"{args.data} has {len(data.classes)}")
-        model.reset_head(len(data.classes))
-        changes.append(f"head reset to {len(data.classes)} classes")
+                           f"{args.data} has {len(classes)}")
+        model.reset_head(len(classes))
+        if rt.main:
+            print(f"head reset to {len(classes)} classes", file=sys.stderr)
     if args.freeze:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")
-    if rt.main:
-        if info["resampled"]:
-            changes.append("pos_embed resampled from {} to {}".format(*info["resampled"]))
-        print(f"loaded {args.weights} ({info['layout']} layout): {describe(model.cfg)}; normalised with mean "
-              f"{mean}, std {std}" + (f"; {', '.join(changes)}" if changes else ""), file=sys.stderr)
+        data = feature_data(args.data, model, cfg, args.img_size, rt, mean=mean, std=std, views=args.probe_views or 1)
+    else:
+        data = folder_data(args.data, cfg, args.img_size, rt, mean=mean, std=std)
     return run(model, data, cfg, rt, args, f"finetune-{args.data.resolve().name}", {"weights": str(args.weights)})
 
 

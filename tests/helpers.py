@@ -25,6 +25,17 @@ def write_mnist(root: Path, n_train: int = 96, n_test: int = 64) -> Path:
     return root
 
 
+def write_scenes(root: Path, per_class: int = 8) -> Path:
+    """root/{train,val}/<class>/*.png: three classes told apart by colour, images of several sizes."""
+    for split, n in (("train", per_class), ("val", 3)):
+        for name, colour in (("beach", (230, 200, 120)), ("forest", (20, 120, 30)), ("sea", (20, 60, 200))):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + 3 * i, 36), tuple(min(255, c + 4 * i) for c in colour)).save(folder / f"{i}.png")
+    return root
+
+
 def limit_resizes(monkeypatch: pytest.MonkeyPatch, max_pixels: int) -> list[int]:
     """Make every PIL resize larger than `max_pixels` an AssertionError raised before Pillow allocates it
     (an unbounded resize of a 10000 x 1 strip is gigabytes); returns the pixel counts of the resizes made."""

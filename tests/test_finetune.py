@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vit.formats import read_safetensors
+from helpers import write_scenes as scenes  # tests/helpers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"
@@ -24,17 +25,6 @@ def weights() -> Path:
     if not TIMM.exists():
         pytest.skip(f"../shared not found: no timm fixture at {TIMM}")
     return TIMM
-
-
-def scenes(root: Path, per_class: int = 8) -> Path:
-    """root/{train,val}/<class>/*.png: three classes told apart by colour."""
-    for split, n in (("train", per_class), ("val", 3)):
-        for name, colour in (("beach", (230, 200, 120)), ("forest", (20, 120, 30)), ("sea", (20, 60, 200))):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.new("RGB", (40 + 3 * i, 36), tuple(min(255, c + 4 * i) for c in colour)).save(folder / f"{i}.png")
-    return root
 
 
 def test_finetune_learns_and_writes_every_output(tmp_path, weights):

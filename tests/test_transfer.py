@@ -64,7 +64,7 @@ def test_tiny_transfer_pretrains_once_fine_tunes_from_it_and_resumes(tmp_path):
             "--layer-decays", "1", "--threads", "1"]
     rows = transfer.main(argv)
     assert [(r["method"], r["status"]) for r in rows] == [
-        ("from scratch", "ok"), ("head only, lr 3e-3", "ok"), ("all weights, lr 1e-3, layer decay 1", "ok")]
+        ("from scratch", "ok"), ("linear probe, lr 3e-3", "ok"), ("all weights, lr 1e-3, layer decay 1", "ok")]
     pretrain = json.loads((out / "pretrain-animals" / "results.json").read_text())
     assert pretrain["classes"] == list(transfer.ANIMALS) and pretrain["val_images"] == 24
     tuned = json.loads((Path(rows[2]["output"]) / "args.json").read_text())["command"]

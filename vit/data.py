@@ -581,7 +581,9 @@ class Data:
 
     prepare_train(x, y, generator) -> (inputs, targets) turns a raw batch into model inputs and
     class indices (B,) or soft targets (B, K): uint8 -> float, augmentation, normalisation, mixup.
-    prepare_eval(x) -> inputs does the same without randomness.
+    prepare_eval(x) -> inputs does the same without randomness. With `features`, the loaders yield
+    a frozen backbone's pooled features (B, D) instead of images (vit.probe), and fit trains and
+    scores the model's head alone.
     """
     train: Iterable
     val: Iterable
@@ -591,6 +593,7 @@ class Data:
     mean: list[float]  # normalisation of the inputs, saved in checkpoints for vit.predict
     std: list[float]
     split: str = "val"  # what `val` is: "test" (a dataset's official test set) or "val" (a held-out split)
+    features: bool = False  # the loaders yield cached features (B, D), not images (see vit.probe)
 
 
 def _mixer(cfg: TrainConfig, num_classes: int) -> Callable:
@@ -682,6 +685,24 @@ def _decode_all(samples: list[tuple[Path, int]], size: int, interpolation: int, 
     return torch.cat(xs), torch.cat(ys).long()
 
 
+def folder_samples(root: str | Path, cfg: TrainConfig, verbose: bool = True
+                   ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """(train samples, val samples, class names) of the image folder a run trains on (`folder_splits`
+    with cfg's held-out fraction and seed), refusing a folder of fewer than 2 classes; with `verbose`,
+    says on stderr what it found."""
+    train_samples, val_samples, classes = folder_splits(root, cfg.val_fraction, cfg.seed)
+    train_dir, val_dir = split_folders(root)
+    if len(classes) < 2:
+        raise VitError(f"{train_dir}: an image classifier needs at least 2 classes (sub-folders of images), "
+                       f"found 1: {classes[0]}")
+    if verbose:
+        held_out = (f"validating on {val_dir} ({len(val_samples)} images)" if val_dir is not None else
+                    f"validating on {len(val_samples)} of its images held out (--val-fraction {cfg.val_fraction:g})")
+        print(f"{root}: {len(classes)} classes; training on {train_dir} ({len(train_samples)} images), {held_out}",
+              file=sys.stderr)
+    return train_samples, val_samples, classes
+
+
 def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime | None = None, *,
                 interpolation: str = "bicubic", mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None) -> Data:
@@ -698,16 +719,7 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
     if cfg.aug not in (*BATCH_PRESETS, "rrc"):
         raise VitError(f"aug {cfg.aug!r} is not available for image folders; choose from rrc, "
                        f"{', '.join(BATCH_PRESETS)}")
-    train_samples, val_samples, classes = folder_splits(root, cfg.val_fraction, cfg.seed)
-    train_dir, val_dir = split_folders(root)
-    if len(classes) < 2:
-        raise VitError(f"{train_dir}: an image classifier needs at least 2 classes (sub-folders of images), "
-                       f"found 1: {classes[0]}")
-    if rt.main:
-        held_out = (f"validating on {val_dir} ({len(val_samples)} images)" if val_dir is not None else
-                    f"validating on {len(val_samples)} of its images held out (--val-fraction {cfg.val_fraction:g})")
-        print(f"{root}: {len(classes)} classes; training on {train_dir} ({len(train_samples)} images), {held_out}",
-              file=sys.stderr)
+    train_samples, val_samples, classes = folder_samples(root, cfg, rt.main)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
         x, y = _decode_all(train_samples + val_samples, img_size, interp, rt.workers)  # one pass names every bad file

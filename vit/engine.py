@@ -75,6 +75,24 @@ class EMA:
             mine.copy_(theirs)
 
 
+class HeadOnly(nn.Module):
+    """A VisionTransformer's head on pooled features (B, D) -> logits: what fit trains and scores when the
+    data are a frozen backbone's cached features (Data.features, see vit.probe). It holds the whole
+    model, so the optimizer, EMA and checkpoints are the model's, backbone and head."""
+
+    def __init__(self, model: VisionTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.head_drop(features))
+
+
+def runs_on(model: VisionTransformer, data: Data) -> nn.Module:
+    """The module a batch of `data` goes through: the model on images, its head alone on cached features."""
+    return HeadOnly(model) if data.features else model
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy against class indices (B,) with label smoothing, or soft targets (B, K)."""
     if target.ndim == 2:
@@ -98,12 +116,12 @@ class Progress:
     def due(self, done: int) -> bool:
         return self.enabled and (done == self.total or time.perf_counter() - self.last >= self.interval)
 
-    def show(self, done: int, images: int, loss: float) -> None:
+    def show(self, done: int, images: int, loss: float | None = None) -> None:
         now = time.perf_counter()
         self.last = now
         rate = images / max(now - self.start, 1e-9)
         eta = (now - self.start) / done * (self.total - done)
-        text = f"{self.desc} {done}/{self.total} loss {loss:.4f} {rate:.0f} img/s ETA {eta:.0f}s"
+        text = f"{self.desc} {done}/{self.total}{'' if loss is None else f' loss {loss:.4f}'} {rate:.1f} img/s ETA {eta:.0f}s"
         if self.tty:
             bar = "#" * int(20 * done / self.total)
             print(f"\r{text} [{bar:<20}]", end="\n" if done == self.total else "", file=sys.stderr, flush=True)
@@ -333,9 +351,9 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         opt = build_optimizer(model, cfg)
         epoch, step, history, ema = _restore(model, opt, cfg, resume_from, fallback, rt)
         scored = model if ema is None else ema.model  # the weights evaluated, saved and reported
-        net = model
+        net = runs_on(model, data)
         if rt.world_size > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         if rt.compile:
             net = torch.compile(net)
         steps_per_epoch, num_classes = len(data.train), len(data.classes)
@@ -354,13 +372,13 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                 evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
                 if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
                     tta = cfg.tta if epoch == cfg.epochs else "none"
-                    result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, tta)
+                    result = evaluate(runs_on(scored, data), data.val, data.prepare_eval, num_classes, rt, tta)
                     history[-1].update(val_loss=result.get("single_loss", result["loss"]),
                                        val_acc=result.get("single_acc", result["acc"]))
                     if tta != "none":
                         history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
                 if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
-                    raw = evaluate(model, data.val, data.prepare_eval, num_classes, rt)
+                    raw = evaluate(runs_on(model, data), data.val, data.prepare_eval, num_classes, rt)
                     history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
                 if rt.main:
                     print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
@@ -373,7 +391,7 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                         saved = epoch
                     write_metrics(out, history, data.split)
             if result is None:  # resumed a finished run: evaluate what it left
-                result = evaluate(scored, data.val, data.prepare_eval, num_classes, rt, cfg.tta)
+                result = evaluate(runs_on(scored, data), data.val, data.prepare_eval, num_classes, rt, cfg.tta)
             results = _final(result, history, data, model, cfg, rt, best, time.perf_counter() - run_start)
             if rt.main:
                 write_results(out, results, data.classes)
@@ -391,7 +409,8 @@ def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state
     rt = rt or Runtime(torch.device("cpu"))
     model.to(rt.device).set_fused_attn(rt.fused_attn)
     _, _, _, ema = _restore(model, build_optimizer(model, cfg), cfg, state, fallback, rt, keep_ema=True)
-    result = evaluate(model if ema is None else ema.model, data.val, data.prepare_eval, len(data.classes), rt, cfg.tta)
+    result = evaluate(runs_on(model if ema is None else ema.model, data), data.val, data.prepare_eval, len(data.classes), rt,
+                      cfg.tta)
     if rt.main:
         print(f"{data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images){tta_note(result, cfg.tta)}")
     return result

@@ -343,10 +343,14 @@ class VisionTransformer(nn.Module):
             x, _ = block(x)
         return self.norm(x)
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Output tokens (B, 1 + N, D) -> one feature vector per image (B, D): the class token's, or
+        with global_pool 'avg' the mean of the patch tokens (the class token left out)."""
+        return x[:, 1:].mean(dim=1) if self.cfg.global_pool == "avg" else x[:, 0]
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Output tokens (B, 1 + N, D) -> logits (B, num_classes)."""
-        x = x[:, 1:].mean(dim=1) if self.cfg.global_pool == "avg" else x[:, 0]  # (B, D); avg skips the class token
-        return self.head(self.head_drop(x))
+        return self.head(self.head_drop(self.pool(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

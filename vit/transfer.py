@@ -14,9 +14,10 @@ path, as vit.sweep runs them):
 2. Pre-training, once (seed 0): `train.py --data OUTPUT/data/animals --img-size 32 --epochs P`, the
    folder recipe (conv stem, 4 px patches, 0.89M parameters).
 3. For each N, at the same epochs for every method (epochs_for): from scratch (`train.py`, the folder
-   recipe); the head only (`finetune.py --freeze`, at --head-lr); every weight (`finetune.py`) at each
-   --lrs x --layer-decays. Fine-tuning augments as the pre-training did (--aug cifar --crop-padding 4)
-   and scores the mean of two flipped views (--tta flip), as train.py's folder recipe does.
+   recipe); a linear probe (`finetune.py --freeze`: the head on cached features, at --head-lr); every
+   weight (`finetune.py`) at each --lrs x --layer-decays. Fine-tuning every weight augments as the
+   pre-training did (--aug cifar --crop-padding 4) and scores the mean of two flipped views (--tta
+   flip), as train.py's folder recipe does.
 
 Re-running the same command resumes: finished runs are skipped (vit.sweep.train_run); another command
 into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. Writes in OUTPUT:
@@ -110,11 +111,12 @@ class Method:
 
 
 def methods(weights: Path, lrs: list[str], layer_decays: list[str], head_lr: str | None) -> list[Method]:
-    """From scratch, the head only (unless head_lr is None), and every weight at each lr x layer decay."""
+    """From scratch, a linear probe (unless head_lr is None), and every weight at each lr x layer decay."""
     tuned = ("--weights", str(weights), "--aug", "cifar", "--crop-padding", "4", "--tta", "flip")
     out = [Method("from scratch", "train", ())]
-    if head_lr is not None:
-        out.append(Method(f"head only, lr {head_lr}", "finetune", (*tuned, "--freeze", "--lr", head_lr)))
+    if head_lr is not None:  # a probe on cached features: the eval view of each image, nothing per batch
+        out.append(Method(f"linear probe, lr {head_lr}", "finetune", ("--weights", str(weights), "--freeze",
+                                                                       "--lr", head_lr)))
     out += [Method(f"all weights, lr {lr}, layer decay {ld}", "finetune", (*tuned, "--lr", lr, "--layer-decay", ld))
             for ld in layer_decays for lr in lrs]
     return out
