@@ -7,8 +7,10 @@
 
 The weights load key for key into our hand-built ViT (vit/weights.py checks every key and shape),
 the head is replaced for the folder's classes, and training runs the same loop as train.py
-(defaults: RECIPES["finetune"] in vit/recipes.py). Inputs are normalised as the weights expect: with
-the mean/std saved in our own checkpoints, else timm's 0.5 for the ViT-B/16 weights.
+(defaults: RECIPES["finetune"], with --freeze RECIPES["probe"], in vit/recipes.py). Inputs are
+normalised as the weights expect: with the mean/std saved in our own checkpoints, else timm's 0.5
+for the ViT-B/16 weights. On a CPU, start with --freeze: the backbone runs once per image, not
+once per image and epoch (README, "Fine-tune on a CPU").
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ BATCH_AUGS = tuple(a for a in BATCH_PRESETS if a not in ("none", "mnist"))
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=recipes_epilog({"finetune": RECIPES["finetune"]}))
+                                epilog=recipes_epilog({k: RECIPES[k] for k in ("finetune", "probe")}))
     d = p.add_argument_group("data and weights")
     d.add_argument("--weights", type=Path, required=True, help="a .safetensors file (timm, Hugging Face or ours)")
     d.add_argument("--data", type=Path, required=True, help="image folder: root/<class>/... or root/{train,val}/...")
@@ -76,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--img-size must be >= 1, got {args.img_size}")
     if args.crop_padding is not None and args.aug not in ("cifar", "crop"):
         p.error("--crop-padding applies to the batch crops (--aug cifar, crop)")
-    cfg = train_config(p, args, RECIPES["finetune"])
+    cfg = train_config(p, args, RECIPES["probe" if args.freeze else "finetune"])
     if args.probe_views is not None and (not args.freeze or args.probe_views < 1):
         p.error(f"--probe-views {args.probe_views}: " + ("needs --freeze" if not args.freeze else "must be >= 1"))
     if args.freeze:  # the head trains on cached features of whole images: nothing per batch or per token

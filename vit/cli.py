@@ -74,7 +74,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
     w.add_argument("--print-config", action="store_true",
                    help="print the run config (the recipe with your flags applied) and the model, then exit")
-    w.add_argument("--save-every", type=int, help="write the resume state every N epochs")
+    w.add_argument("--save-every", type=int, help="write the resume state and last.safetensors every N epochs")
     w.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
     w.add_argument("--tta", choices=TTA_VIEWS, help="test-time augmentation of the final evaluation: the mean "
                                                     "prediction over the image, its mirror and/or its 1-pixel shifts")

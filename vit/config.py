@@ -56,7 +56,7 @@ class TrainConfig:
     # evaluation and saving
     eval_every: int = 1  # evaluate every N epochs, and after the last
     tta: str = "none"  # test-time views averaged in the final evaluation (vit.augment.TTA_VIEWS)
-    save_every: int = 1  # write the resume state every N epochs, and after the last
+    save_every: int = 1  # write the resume state and last.safetensors every N epochs, and after the last
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps", "eval_every", "save_every"):

@@ -382,11 +382,11 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                     history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
                 if rt.main:
                     print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
-                    save_checkpoint(out / "last.safetensors", scored, metadata)
                     if evaluated and history[-1]["val_acc"] > best:
                         best = history[-1]["val_acc"]
                         save_checkpoint(out / "best.safetensors", scored, metadata)
-                    if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+                    if epoch % cfg.save_every == 0 or epoch == cfg.epochs:  # the weights with their resume state
+                        save_checkpoint(out / "last.safetensors", scored, metadata)
                         save_state(out / STATE_FILE, model, opt, epoch, step, history, None if ema is None else ema.model)
                         saved = epoch
                     write_metrics(out, history, data.split)

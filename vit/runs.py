@@ -7,8 +7,8 @@ leaves a half-written one under its real name):
                     averaged weights (tensors and plain containers only: torch.load(weights_only=True))
   state.prev.pt     the resume state before it, which --resume auto falls back to if state.pt is
                     missing or unreadable (e.g. the process was killed while replacing it)
-  last.safetensors  the model after the last epoch (with --ema: the average); best.safetensors: the
-                    best held-out accuracy (written by vit.engine.fit)
+  last.safetensors  the model when the resume state was last written (--save-every; with --ema: the
+                    average); best.safetensors: the best held-out accuracy (written by vit.engine.fit)
   metrics.csv       one row per epoch; curves.png: loss and accuracy per epoch
   results.json      final accuracy (test_acc on a dataset's test set, val_acc on a folder's validation
                     split), per-class accuracy, confusion matrix, parameters, time, img/s;
