@@ -58,3 +58,29 @@ def test_train_benchmark_has_one_row_per_lever(capsys, monkeypatch):
     assert {"mnist", "mnist without PatchDropout", "mnist with fused attention", "mnist at batch 64", "cifar10",
             "cifar10 without PatchDropout", "cifar10 with fused attention", "cifar10 --patch stem"} <= set(rows)
     assert rows["mnist at batch 64"][2] == "64" and rows["mnist"][2] == "128"  # the recipe's batch
+
+
+def test_finetune_benchmark_times_bf16_only_with_amx_and_projects_the_folder(capsys, monkeypatch):
+    import vit.bench as bench
+    monkeypatch.setitem(bench.PRESETS, "vit_base_patch16_224", dict(embed_dim=32, depth=1, num_heads=2))
+    monkeypatch.setattr(bench, "matmul_peak", lambda threads: 100.0)
+    # the table's arithmetic is under test, not the timing: fp32 5 img/s, bf16 10 img/s everywhere
+    monkeypatch.setattr(bench, "_step_rate", lambda cfg, batch, steps, train, amp=False, **kw: 10.0 if amp else 5.0)
+
+    def rows(amx: bool, *flags: str) -> dict:
+        monkeypatch.setattr(bench, "has_amx_bf16", lambda: amx)
+        main(["finetune", "--threads", "1", *flags])
+        lines = capsys.readouterr().out.splitlines()
+        cells = [re.split(r"\s{2,}", line.strip()) for line in lines]
+        return {(row[0], row[1], row[2]): row[3:] for row in cells if len(row) >= 6}, lines
+
+    table, lines = rows(True)
+    assert table[("224 px (196 tokens)", "train", "0")] == ["5.00", "10.00", "2.00x", "25 min for 10 epochs of 1500"]
+    assert table[("160 px (100 tokens)", "train", "0.5")][:3] == ["5.00", "10.00", "2.00x"]
+    assert table[("224 px (196 tokens)", "infer", "0")][3] == "240 s to cache 2400 images"
+    assert "AMX-BF16: yes" in lines[0] and lines[-1].startswith("bf16 vs fp32 logits")
+    table, lines = rows(False)  # no AMX: bf16 is not timed, the projection is fp32's
+    assert table[("224 px (196 tokens)", "train", "0")] == ["5.00", "-", "-", "50 min for 10 epochs of 1500"]
+    assert "bf16 not timed" in lines[0]
+    table, _ = rows(False, "--bf16", "yes")
+    assert table[("224 px (196 tokens)", "train", "0")][1] == "10.00"

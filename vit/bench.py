@@ -5,6 +5,8 @@
     python -m vit.bench train      # a real training step (augment + model + AdamW) per recipe, fp32 vs bf16,
                                    # each recipe beside itself with one speed lever undone
     python -m vit.bench weights    # loading a ViT-B/16-size timm file vs reading its bytes; ViT-B/16 inference
+    python -m vit.bench finetune   # ViT-B/16 fine-tuning img/s at 224 / 160 px, PatchDropout 0 / 0.5, fp32 vs
+                                   # bf16 (where the CPU has AMX-BF16), projected minutes, the linear probe
 
 `data`: time to load MNIST (train+test) and CIFAR-10 (binary) into uint8 tensors against the floor
 of reading the same files' bytes, and the image-folder pipeline's images/s (decode + resize) with a
@@ -35,6 +37,7 @@ from vit.data import ImageFolderDataset, folder_splits, load_tensor_dataset
 from vit.formats import VitError, read_safetensors, write_safetensors
 from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer, count_params
 from vit.recipes import RECIPE_PRESETS, RECIPES
+from vit.runtime import has_amx_bf16
 from vit.weights import load_checkpoint
 
 _CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
@@ -305,6 +308,44 @@ def bench_weights(args: argparse.Namespace) -> None:
     ])
 
 
+def bench_finetune(args: argparse.Namespace) -> None:
+    """ViT-B/16 as finetune.py trains it (fused attention, drop-path 0.1, AdamW): training and inference
+    img/s at 224 and 160 px (pos_embed resampled: 196 and 100 tokens), PatchDropout 0 and 0.5, fp32 and
+    bf16 autocast; the minutes 10 epochs of a 1,500-image folder take, and the linear probe's seconds."""
+    peak = matmul_peak(args.threads)
+    amx = has_amx_bf16()
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and amx)
+    print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.0f} GFLOP/s; AMX-BF16: {'yes' if amx else 'no'}"
+          f"{'' if bf16 else ' (bf16 not timed: --bf16 yes times it anyway)'}; batch {args.batch}, {args.steps} "
+          "timed steps per case", flush=True)
+    precisions = (False, True) if bf16 else (False,)
+    rows = []
+    for img_size, mode, drop in [(224, "train", 0.0), (224, "train", 0.5), (160, "train", 0.0), (160, "train", 0.5),
+                                 (224, "infer", 0.0), (160, "infer", 0.0)]:
+        cfg = ViTConfig(**{**PRESETS["vit_base_patch16_224"], "img_size": img_size, "num_classes": 10,
+                           "drop_path_rate": 0.1})
+        rates = {amp: _step_rate(cfg, args.batch, args.steps, train=mode == "train", amp=amp, fused=True,
+                                 patch_dropout=drop) for amp in precisions}
+        best = max(rates.values())
+        if mode == "train":  # 10 epochs of the folder, training steps only (evaluation adds ~1/3 of a pass)
+            cost = f"{10 * args.folder_images / best / 60:.0f} min for 10 epochs of {args.folder_images}"
+        else:
+            cost = f"{args.probe_images / best:.0f} s to cache {args.probe_images} images" if img_size == 224 else ""
+        rows.append((f"{img_size} px ({cfg.num_patches} tokens)", mode, f"{drop:g}", f"{rates[False]:.2f}",
+                     f"{rates[True]:.2f}" if bf16 else "-", f"{rates[True] / rates[False]:.2f}x" if bf16 else "-", cost))
+    _table(("resolution", "mode", "PatchDropout", "fp32 img/s", "bf16 img/s", "bf16/fp32", "at the faster"), rows)
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(**PRESETS["vit_base_patch16_224"])).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fp32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    print(f"bf16 vs fp32 logits (ViT-B/16, random init, 2 images): max |difference| {(low - fp32).abs().max():.4f} "
+          f"= {100 * (low - fp32).abs().max() / fp32.abs().max():.2f}% of the largest |logit|, same top class: "
+          f"{bool(torch.equal(low.argmax(-1), fp32.argmax(-1)))}", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vit.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -329,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--repeat", type=int, default=3,
                          help="timed rounds (train: all cases take turns; weights: loads); the fastest is reported")
         sub.set_defaults(run=run)
+    ft = commands.add_parser("finetune", help="ViT-B/16 fine-tuning and probe img/s: 224 / 160 px, PatchDropout, "
+                                              "fp32 vs bf16")
+    ft.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    ft.add_argument("--steps", type=int, default=2, help="timed steps per case (after one untimed)")
+    ft.add_argument("--batch", type=int, default=16, help="images per step")
+    ft.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                    help="time bf16 autocast too (auto: where the CPU has AMX-BF16; elsewhere it is 10-25x slower)")
+    ft.add_argument("--folder-images", type=int, default=1500, help="the folder size the minutes are projected for")
+    ft.add_argument("--probe-images", type=int, default=2400, help="images the probe's caching time is projected for")
+    ft.set_defaults(run=bench_finetune)
     return parser
 
 
