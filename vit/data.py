@@ -435,8 +435,8 @@ MAX_IMAGE_BYTES = 64 << 20
 
 
 def open_image(path: str | Path, draft_size: int = 0) -> Image.Image:
-    """Decode the image file at `path` in full, so a bad file fails here with its name: the one way the
-    project opens images (image folders, vit.predict, vit.visualize).
+    """Decode the image file at `path` in full, so a bad file fails here with its name (`read_image`
+    converts it to the mode a model takes).
 
     Before decoding: a regular file (a fifo would block the reader), at most MAX_IMAGE_BYTES, and
     Pillow's header parse, which refuses a decompression bomb (more than twice its pixel limit) from
@@ -478,8 +478,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def read_image(path: str | Path, mode: str = "RGB", draft_size: int = 0) -> Image.Image:
+    """The image file at `path` as 8-bit `mode` ("RGB", or "L" for a grey model): the one reader of
+    training (image folders) and inference (vit.predict, vit.visualize), so a 16-bit or palette image
+    reaches a model the same way in both. Decoded by `open_image` (`draft_size`: see there), then
+    converted by `_to_rgb`; any problem is a VitError naming the file."""
+    img = open_image(path, draft_size)
+    try:
+        rgb = _to_rgb(img)
+    except (ValueError, OSError) as e:  # a decoded mode Pillow cannot convert to RGB
+        raise VitError(f"{path}: cannot read the image (mode {img.mode}: {e}); remove or replace the file") from None
+    # "L" from grey RGB is exact (its weights sum to 1), so a grey image keeps its values
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Decode (path, label) samples lazily with `open_image`: PIL -> RGB -> transform(img, generator).
+    """Decode (path, label) samples lazily with `read_image`: PIL RGB -> transform(img, generator).
 
     The transform's generator is seeded from (seed, epoch, index) alone, so an item's augmentation
     does not depend on worker count or order. JPEGs at least twice the transform's `size` on their
@@ -499,18 +513,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, path: Path) -> Image.Image:
-        size = getattr(self.transform, "size", None)
-        img = open_image(path, size if isinstance(size, int) else 0)  # only a plain int size enables draft decoding
-        try:
-            return _to_rgb(img)
-        except (ValueError, OSError) as e:  # a decoded mode Pillow cannot convert to RGB
-            raise VitError(f"{path}: cannot read the image (mode {img.mode}: {e}); "
-                           "remove or replace the file") from None
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        img = self._load(path)
+        size = getattr(self.transform, "size", None)  # only a plain int size enables draft decoding
+        img = read_image(path, draft_size=size if isinstance(size, int) else 0)
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i))
         return self.transform(img, g), label
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from vit.augment import eval_transform
 from vit.cli import run_cli
-from vit.data import open_image
+from vit.data import read_image
 from vit.formats import VitError
 from vit.weights import describe, load_checkpoint, saved_normalisation
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()
         for start in range(0, len(args.images), BATCH):
             paths = args.images[start:start + BATCH]
-            x = torch.stack([transform(open_image(p).convert(mode), generator)[:cfg.in_chans]
+            x = torch.stack([transform(read_image(p, mode), generator)[:cfg.in_chans]
                              for p in paths])  # B x (C, H, W) -> (B, C, H, W)
             with torch.no_grad():
                 probs = model(x).softmax(dim=-1)  # (B, num_classes)
