@@ -169,3 +169,23 @@ def test_a_16_bit_image_is_read_as_training_reads_it(tmp_path, capsys):
         main(["--checkpoint", str(ckpt), str(tmp_path / f"{name}.png"), "--top-k", "4"])
         printed[name] = capsys.readouterr().out.splitlines()[1:]
     assert printed["16"] == printed["8"] != printed["white"]
+
+
+def test_every_readable_image_is_classified_and_the_others_named(tmp_path, capsys):
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    good = [str(write_png(tmp_path / "a.png")), str(write_png(tmp_path / "b.png"))]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "folder").mkdir()
+    bad = [str(tmp_path / "missing.png"), str(tmp_path / "folder"), str(tmp_path / "broken.png")]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["--checkpoint", str(ckpt), good[0], bad[0], bad[1], good[1], bad[2], "--top-k", "1"]))
+    captured = capsys.readouterr()
+    assert e.value.code == 1
+    assert captured.out.splitlines() == [f"{good[0]}:", "   99.99%  cat", f"{good[1]}:", "   99.99%  cat"]
+    last = captured.err.splitlines()[-1]
+    assert last.startswith(f"error: 3 of 5 images could not be classified: {bad[0]}: no such image file; "
+                           f"{bad[1]}: a folder, not an image file; {bad[2]}: cannot read the image"), last
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["--checkpoint", str(ckpt), bad[1]]))
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {bad[1]}: a folder, not an image file"
