@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error("--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc")
     if args.classes is not None and args.kind == "folder":
         p.error("--classes applies to MNIST, Fashion-MNIST and CIFAR-10; for a folder, keep only those class folders")
+    if args.classes is not None and not any(args.classes.split(",")):  # '' would train on every class
+        p.error(f"--classes {args.classes!r} names no class; give comma-separated class names, e.g. --classes 3,5")
     if args.img_size is not None and args.kind != "folder":
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     cfg = train_config(p, args, RECIPES[args.kind])

@@ -212,6 +212,18 @@ def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_
         vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["eleven", "2"])
 
 
+def test_classes_naming_no_class_is_refused_and_a_repeated_class_is_named(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    with pytest.raises(SystemExit) as e:  # '' used to train on every class
+        train.main(mnist_argv(data, "--classes", ""))
+    assert e.value.code == 2
+    assert "--classes '' names no class; give comma-separated class names" in capsys.readouterr().err
+    from vit import data as vit_data
+    from vit.recipes import RECIPES
+    with pytest.raises(VitError, match=r"^classes 1, 1, 2: '1' given more than once; the dataset has 0, 1, 2,"):
+        vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["1", "1", "2"])
+
+
 def test_a_folder_schedule_follows_its_size_but_flags_win(tmp_path):
     for name in ("a", "b"):
         (tmp_path / "f" / name).mkdir(parents=True)

@@ -242,8 +242,11 @@ def select_classes(ds: TensorDataset, names: Sequence[str]) -> TensorDataset:
     """The samples of the classes `names` only, relabelled 0..len(names)-1 in that order (e.g. CIFAR-10's
     six animals to pre-train on, its four vehicles to fine-tune on)."""
     unknown = [n for n in names if n not in ds.classes]
-    if unknown or len(set(names)) != len(names) or len(names) < 2:
-        problem = f"unknown {', '.join(map(repr, unknown))}" if unknown else "at least 2 different classes are needed"
+    repeated = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if unknown or repeated or len(names) < 2:
+        problem = (f"unknown {', '.join(map(repr, unknown))}" if unknown else
+                   f"{', '.join(map(repr, repeated))} given more than once" if repeated else
+                   "at least 2 different classes are needed")
         raise VitError(f"classes {', '.join(names)}: {problem}; the dataset has {', '.join(ds.classes)}")
     relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
     relabel[[ds.classes.index(n) for n in names]] = torch.arange(len(names))
