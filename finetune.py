@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
                            f"{args.data} has {len(data.classes)}")
         model.reset_head(len(data.classes))
         changes.append(f"head reset to {len(data.classes)} classes")
+    elif info["classes"] and info["classes"] != data.classes and rt.main:  # the head is kept: output i is class i
+        print(f"warning: {args.weights}'s head was trained on the classes {', '.join(info['classes'])}; "
+              f"{args.data} has {', '.join(data.classes)}: output i of the kept head now means the folder's "
+              "class i", file=sys.stderr)
     if args.freeze:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")
