@@ -88,3 +88,20 @@ def test_tiny_transfer_pretrains_once_fine_tunes_from_it_and_resumes(tmp_path):
     assert [r["method"] for r in more] == [r["method"] for r in rows] + ["all weights, lr 3e-3, layer decay 1"]
     assert {p for p in out.rglob("results.json")} - set(finished) == {Path(more[-1]["output"]) / "results.json"}
     assert (out / "transfer.md").read_text().count("`python -m vit.transfer") == 2  # both commands, one report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lrs", "1e-3,inf"], "--lrs inf: must be a finite number > 0, got inf"),
+    (["--head-lr", "nan"], "--head-lr nan: must be a finite number > 0, got nan"),
+    (["--layer-decays", "0.75,2"], "--layer-decays 2: must be in (0, 1], got 2.0"),
+    (["--per-class", "5,5"], "--per-class '5,5': 5 is given more than once"),
+    (["--lrs", "1e-3,0.001"], "--lrs '1e-3,0.001': 1e-3 is given more than once"),
+    (["--per-class", "0"], "--per-class 0: must be > 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+])
+def test_every_value_is_checked_as_finetune_py_would_before_anything_runs(tmp_path, capsys, flags, message):
+    out = tmp_path / "transfer"
+    with pytest.raises(SystemExit) as e:
+        transfer.main(["--data", str(tmp_path / "cifar"), "--output", str(out), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()  # refused before any folder is built or any run starts
