@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vit import sweep
+from vit.cli import run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 TINY = ["--data-dir", "DATA", "--no-download", "--embed-dim", "16", "--depth", "1", "--heads", "2",
@@ -231,3 +232,13 @@ def test_grid_axes_are_checked_against_the_script_they_run(capsys):
     with pytest.raises(SystemExit):
         sweep.parse_args(["--script", "finetune", "--grid", "pos=sin,learned"])  # a train.py flag, not finetune.py's
     assert "grid axis 'pos' is not a finetune.py option" in capsys.readouterr().err
+
+
+def test_a_sweep_with_a_failed_run_exits_1(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["--data", "mnist", "--grid", "patch_size=5", "--epochs", "1", "--output", str(out), "--", "--no-download"]
+    with pytest.raises(SystemExit) as e:  # 28 px is no multiple of 5: refused before any data is read
+        run_cli(lambda: sweep.run_command(argv))
+    captured = capsys.readouterr()
+    assert e.value.code == 1 and "1 runs, 1 failed; wrote" in captured.out
+    assert captured.err.splitlines()[-1] == "error: 1 of 1 runs failed"

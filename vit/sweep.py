@@ -13,7 +13,8 @@ runs seed 0 of every configuration first, then seed 1, and so on.
 
 Re-running the same command resumes: a run whose results.json exists is skipped, an interrupted
 one continues from its state.pt. A run that fails (a bad flag combination, a bad file, a diverged
-loss, any exception) is recorded with its error message and the sweep goes on.
+loss, any exception) is recorded with its error message and the sweep goes on; the command then
+exits with status 1.
 
 Files in --output (default sweeps/<data>-<axis>-<axis>...):
   <config>-seed<k>/  the run's outputs (args.json, checkpoints, curves.png, metrics.csv, results.json, ...)
@@ -492,5 +493,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def exit_if_failed(rows: Sequence[dict]) -> None:
+    """A VitError (exit 1) when any of these runs failed, as a failed training script exits: a script
+    running the command must not read success. The reports name each failed run and its error."""
+    failed = sum(r["status"] != "ok" for r in rows)
+    if failed:
+        raise VitError(f"{failed} of {len(rows)} runs failed")
+
+
+def run_command(argv: list[str] | None = None) -> None:
+    """python -m vit.sweep: main(), then exit 1 if any run failed."""
+    exit_if_failed(main(argv))
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(run_command)

@@ -19,7 +19,8 @@ path, as vit.sweep runs them):
    and scores the mean of two flipped views (--tta flip), as train.py's folder recipe does.
 
 Re-running the same command resumes: finished runs are skipped (vit.sweep.train_run); another command
-into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. Writes in OUTPUT:
+into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. A failed run
+is recorded and the others go on; the command then exits with status 1. Writes in OUTPUT:
   transfer.csv   one row per run: N, method, seed, status, accuracy, single-view accuracy, seconds, command
   transfer.md    per N and method: accuracy mean ± std over seeds, and the training seconds until the
                  single-view accuracy first reached the scratch runs' mean final one
@@ -44,7 +45,7 @@ from vit.config import ConfigError
 from vit.data import find_classes, split_folders
 from vit.formats import VitError, atomic_write, write_csv
 from vit.recipes import RECIPES
-from vit.sweep import mean_std, train_run
+from vit.sweep import exit_if_failed, mean_std, train_run
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
 VEHICLES = ("airplane", "automobile", "ship", "truck")
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error("--pretrain-epochs and --seeds must be >= 1")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    command = "python -m vit.transfer " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line(argv)
     folders, counts = build_folders(args.data, args.output, levels)
     system = ["--threads", str(args.threads)] if args.threads else []
 
@@ -301,5 +302,17 @@ def _write(out: Path, rows: list[dict], markdown: str) -> None:
             chart(out / f"chart_{n}.png", rows, n)
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """This command as typed, which each of its rows records."""
+    return "python -m vit.transfer " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def run_command(argv: list[str] | None = None) -> None:
+    """python -m vit.transfer: main(), then exit 1 if any run of this command failed (the rows of
+    other commands into the same --output, kept in its reports, do not count)."""
+    command = command_line(argv)
+    exit_if_failed([r for r in main(argv) if r["command"] == command])
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(run_command)
