@@ -19,17 +19,13 @@ from pathlib import Path
 import torch
 
 from vit.augment import BATCH_PRESETS
-from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
+from vit.cli import (MODEL_FLAGS, add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli,
+                     runtime, train_config)
 from vit.config import TrainConfig
 from vit.data import TENSOR_DATASETS, folder_data, tensor_data
 from vit.weights import describe
 from vit.model import PRESETS, ViTConfig, VisionTransformer
 from vit.recipes import FOLDER_IMG_SIZE, RECIPE_PRESETS, RECIPES, folder_arch, folder_schedule
-
-# model flag -> ViTConfig field
-MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
-               "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
-               "drop": "drop_rate", "img_size": "img_size"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import Data, mix_seed
 from .formats import VitError
 from .model import VisionTransformer, count_params, param_groups
-from .runs import (STATE_FILE, claimed, read_resume_state, remove_unstarted, save_state, versions, write_json,
+from .runs import (STATE_FILE, claimed, read_resume_state, record_run, remove_unstarted, save_state, versions,
                    write_metrics, write_results)
 from .runtime import Runtime
 from .weights import save_checkpoint
@@ -340,8 +340,11 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
             net = torch.compile(net)
         steps_per_epoch, num_classes = len(data.train), len(data.classes)
         total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+        if epoch > cfg.epochs:  # results.json would claim the run trained cfg.epochs
+            raise VitError(f"--epochs {cfg.epochs}: the run in {out} has trained {epoch} epochs already; resume it "
+                           f"with --epochs {epoch} or more")
         if rt.main:
-            write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})
+            record_run(out, asdict(cfg), asdict(model.cfg), data.classes, resumed=resume_from is not None)
         estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
         best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
         run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None
