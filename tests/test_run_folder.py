@@ -219,3 +219,11 @@ def test_eval_only_compares_the_model_and_classes_not_the_training(data, two_cla
     code, err = exit_of(argv(data, two_classes, "--classes", "0,1", "--heads", "4", "--eval-only", "--resume", "auto"),
                         capsys)
     assert code == 1 and "has other settings: --heads 4 (the run: 2). A resume may change" in err
+
+
+def test_a_resume_without_a_readable_record_says_so_and_writes_one(data, two_classes, capsys):
+    (two_classes / "args.json").write_text('{"config": "not a config"}')
+    assert train.main(argv(data, two_classes, "--classes", "0,1", "--epochs", "3", "--resume", "auto"))["epochs"] == 3
+    assert (f"warning: {two_classes} has no readable args.json: this resume's settings cannot be checked against "
+            "the run's") in capsys.readouterr().err
+    assert json.loads((two_classes / "args.json").read_text())["config"]["epochs"] == 3
