@@ -679,16 +679,99 @@ def _decode_all(samples: list[tuple[Path, int]], size: int, interpolation: int, 
     """Every image of `samples` decoded once, in `workers` processes: uint8 (N, 3, size, size), labels (N,).
     Every unreadable image is found in this one pass: a VitError names the first few and counts them."""
     images = _Decoded(ImageFolderDataset(samples, _Pixels(size, interpolation)), size)
-    xs, ys, errors = [torch.zeros(0, 3, size, size, dtype=torch.uint8)], [torch.zeros(0, dtype=torch.long)], []
+    # filled in place, batch by batch: concatenating the batches would hold the set twice
+    xs, ys, errors, done = torch.empty(len(samples), 3, size, size, dtype=torch.uint8), [], [], 0
     for x, y, problems in torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers):
-        xs.append(x)
+        xs[done:done + len(x)] = x
+        done += len(x)
         ys.append(y)
         errors += [p for p in problems if p]
     if errors:
         shown = "\n  ".join(errors[:5])
         more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
         raise VitError(f"{len(errors)} of {len(samples)} images cannot be read; remove or replace them:\n  {shown}{more}")
-    return torch.cat(xs), torch.cat(ys).long()
+    return xs, torch.cat([torch.zeros(0, dtype=torch.long), *ys]).long()
+
+
+def pixel_stats(x: torch.Tensor, chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and sample std (n - 1) of uint8 images (N, C, H, W) on the [0, 1] scale, from a
+    histogram of each channel's 256 values summed over chunks of `chunk` images: exact integer sums, and
+    no float copy of the set (four bytes a pixel, which a folder held in memory may not have to spare)."""
+    counts = torch.zeros(x.shape[1], 256, dtype=torch.long)
+    for part in x.split(chunk):
+        for c in range(x.shape[1]):
+            counts[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)  # (n, H, W) -> (n H W,)
+    means, stds = [], []
+    for row in counts.tolist():  # Python integers: the sums of squares overflow nothing
+        n = sum(row)
+        total = sum(v * k for v, k in enumerate(row))
+        squares = sum(v * v * k for v, k in enumerate(row))
+        means.append(total / n / 255)
+        stds.append(max(((n * squares - total * total) / (n * (n - 1))) ** 0.5 / 255 if n > 1 else 0.0, 1e-3))
+    return tuple(means), tuple(stds)
+
+
+# The pixels of a folder held in memory may take at most this share of the memory available: the rest is
+# for the model, the optimizer, a batch's activations, the loader's workers and whatever else runs there.
+MEMORY_SHARE = 0.5
+
+
+def available_memory(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
+    """(bytes this process can still take, what sets that), the least of: the machine's MemAvailable; a
+    cgroup's memory limit less its working set (v2 memory.max, v1 memory/memory.limit_in_bytes), past
+    which the process is killed without a word; the address-space limit (ulimit -v) less this process's
+    size, past which an allocation fails. None where none of them can be read (no /proc: not Linux)."""
+    found = []
+    meminfo = _proc_numbers(proc / "meminfo")
+    if "MemAvailable" in meminfo:
+        found.append((meminfo["MemAvailable"] * 1024, "MemAvailable"))
+    for folder, limit_file, usage_file, cache in ((cgroup, "memory.max", "memory.current", "inactive_file"),
+                                                  (cgroup / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                   "total_inactive_file")):
+        limit, usage = (_proc_numbers(folder / name).get("") for name in (limit_file, usage_file))
+        if limit is not None and usage is not None:  # the working set: use less the page cache it can drop
+            found.append((limit - usage + _proc_numbers(folder / "memory.stat").get(cache, 0),
+                          f"the cgroup limit {folder / limit_file} less its use"))
+    address_space = _proc_numbers(proc / "self" / "limits").get("Max address space")
+    size = _proc_numbers(proc / "self" / "status").get("VmSize")
+    if address_space is not None and size is not None:
+        found.append((address_space - size * 1024, "the address-space limit (ulimit -v) less this process's size"))
+    return min(found) if found else None
+
+
+def _proc_numbers(path: Path) -> dict[str, int]:
+    """The numbers of a /proc or cgroup file by name: 'MemAvailable:  123 kB' -> {'MemAvailable': 123},
+    a limits row by its words before the first number, a file holding one number -> {'': number}; {} if
+    the file cannot be read. Words such as 'max' or 'unlimited' are no number, so no limit."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    numbers = {}
+    for line in lines:
+        words = line.replace(":", " ").split()
+        first = next((i for i, w in enumerate(words) if w.isdigit() or w in ("max", "unlimited")), None)
+        if first is not None and words[first].isdigit():
+            numbers[" ".join(words[:first])] = int(words[first])
+    return numbers
+
+
+def _check_fits_in_memory(root: str | Path, images: int, size: int) -> None:
+    """Before any image is decoded: a VitError when `images` held in memory at `size` px (uint8, N x 3 x
+    size x size bytes, once per process of a DDP job on this machine) take more than MEMORY_SHARE of
+    the memory available, instead of a crash (or a silent kill) once the folder is decoded."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need = images * 3 * size * size * processes
+    available = available_memory()
+    if available is not None and need > MEMORY_SHARE * available[0]:
+        each = f" ({processes} processes on this machine, a copy each)" if processes > 1 else ""
+        raise VitError(f"{root}: its {images:,} images held in memory at --img-size {size} take {_size(need)}{each}, "
+                       f"more than {MEMORY_SHARE:.0%} of the {_size(available[0])} available ({available[1]}); use "
+                       "--aug rrc, which decodes them batch by batch instead, or a smaller --img-size")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime | None = None, *,
@@ -719,12 +802,13 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
               file=sys.stderr)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
+        _check_fits_in_memory(root, len(train_samples) + len(val_samples), img_size)
         x, y = _decode_all(train_samples + val_samples, img_size, interp, rt.workers)  # one pass names every bad file
         (train_x, val_x), (train_y, val_y) = x.split([len(train_samples), len(val_samples)]), \
             y.split([len(train_samples), len(val_samples)])
-        pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)  # (N, 3, S, S) -> (3, N*S*S)
-        mean = tuple(mean) if mean is not None else tuple(pixels.mean(1).tolist())
-        std = tuple(std) if std is not None else tuple(pixels.std(1).clamp(min=1e-3).tolist())
+        own_mean, own_std = pixel_stats(train_x)
+        mean = tuple(mean) if mean is not None else own_mean
+        std = tuple(std) if std is not None else own_std
         return in_memory_data(TensorDataset(train_x, train_y, val_x, val_y, classes, mean, std), cfg, rt, "val")
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
