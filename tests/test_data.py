@@ -627,18 +627,19 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
         (tmp_path / "f" / name).mkdir(parents=True)
         for i in range(8):
             Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(tmp_path / "f" / name / f"{i}.png")
-    monkeypatch.setattr(data, "available_memory", lambda: (4_000_000, "MemAvailable"))
+    monkeypatch.setattr(data, "available_memory", lambda: (50_000_000, "MemAvailable"))
     monkeypatch.setattr(data, "_decode_all", lambda *a: pytest.fail("decoded a folder that cannot be held"))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import train  # a script at the repository root
     from vit.cli import run_cli
-    with pytest.raises(SystemExit) as e:  # 16 images x 3 x 256 x 256 bytes = 3.1 MB > half of 4 MB
-        run_cli(lambda: train.main(["--data", str(tmp_path / "f"), "--img-size", "256", "--workers", "0"]))
+    argv = ["--data", str(tmp_path / "f"), "--img-size", "256", "--batch-size", "2", "--workers", "0"]
+    with pytest.raises(SystemExit) as e:  # 16 x 3 x 256 x 256 bytes + 120 x a batch's 2 x 3 x 256 x 256 > 40 MB
+        run_cli(lambda: train.main(argv))
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.splitlines()[-1] == (
-        f"error: {tmp_path / 'f'}: its 16 images held in memory at --img-size 256 take 3.1 MB, more than 50% of "
-        "the 4.0 MB available (MemAvailable); use --aug rrc, which decodes them batch by batch instead, or a "
-        "smaller --img-size")
+        f"error: {tmp_path / 'f'}: its 16 images held in memory at --img-size 256 take 3.1 MB, and a training step "
+        "on batches of 2 about 47.2 MB more: more than 80% of the 50.0 MB available (MemAvailable); use --aug rrc, "
+        "which decodes the images batch by batch instead of holding them, or a smaller --img-size or --batch-size")
     monkeypatch.undo()
-    monkeypatch.setattr(data, "available_memory", lambda: (8_000_000, "MemAvailable"))  # twice the pixels: a run
-    assert len(data.folder_data(tmp_path / "f", TrainConfig(aug="cifar"), 256).train.x) == 14
+    monkeypatch.setattr(data, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
+    assert len(data.folder_data(tmp_path / "f", TrainConfig(aug="cifar", batch_size=2), 256).train.x) == 14

@@ -711,9 +711,13 @@ def pixel_stats(x: torch.Tensor, chunk: int = 64) -> tuple[tuple[float, ...], tu
     return tuple(means), tuple(stds)
 
 
-# The pixels of a folder held in memory may take at most this share of the memory available: the rest is
-# for the model, the optimizer, a batch's activations, the loader's workers and whatever else runs there.
-MEMORY_SHARE = 0.5
+# What a folder held in memory and a training step may take of the memory available together (the rest:
+# the loader's workers, the process's own growth, whatever else runs there), and what a training step takes
+# per byte of its uint8 batch: the batch's float copies and the activations kept for the backward pass (the
+# conv stem's full-resolution maps most). Measured on the CPU with the folder recipe's model: 2.6 GB for
+# 128 images at 224 px (19 MB of pixels), 0.6 GB at 128 px; a larger model takes more.
+MEMORY_SHARE = 0.8
+STEP_BYTES_PER_BATCH_BYTE = 120
 
 
 def available_memory(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
@@ -756,18 +760,21 @@ def _proc_numbers(path: Path) -> dict[str, int]:
     return numbers
 
 
-def _check_fits_in_memory(root: str | Path, images: int, size: int) -> None:
+def _check_fits_in_memory(root: str | Path, images: int, size: int, batch: int) -> None:
     """Before any image is decoded: a VitError when `images` held in memory at `size` px (uint8, N x 3 x
-    size x size bytes, once per process of a DDP job on this machine) take more than MEMORY_SHARE of
-    the memory available, instead of a crash (or a silent kill) once the folder is decoded."""
+    size x size bytes) and a training step on `batch` of them take more than MEMORY_SHARE of the memory
+    available (once per process of a DDP job on this machine), instead of a traceback or a silent kill
+    once the folder is decoded."""
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need = images * 3 * size * size * processes
+    pixels, step = images * 3 * size * size * processes, STEP_BYTES_PER_BATCH_BYTE * batch * 3 * size * size * processes
     available = available_memory()
-    if available is not None and need > MEMORY_SHARE * available[0]:
-        each = f" ({processes} processes on this machine, a copy each)" if processes > 1 else ""
-        raise VitError(f"{root}: its {images:,} images held in memory at --img-size {size} take {_size(need)}{each}, "
-                       f"more than {MEMORY_SHARE:.0%} of the {_size(available[0])} available ({available[1]}); use "
-                       "--aug rrc, which decodes them batch by batch instead, or a smaller --img-size")
+    if available is not None and pixels + step > MEMORY_SHARE * available[0]:
+        each = f" ({processes} processes on this machine, each with its own)" if processes > 1 else ""
+        raise VitError(f"{root}: its {images:,} images held in memory at --img-size {size} take {_size(pixels)}, and "
+                       f"a training step on batches of {batch} about {_size(step)} more{each}: more than "
+                       f"{MEMORY_SHARE:.0%} of the {_size(available[0])} available ({available[1]}); use --aug rrc, "
+                       "which decodes the images batch by batch instead of holding them, or a smaller --img-size "
+                       "or --batch-size")
 
 
 def _size(n: int) -> str:
@@ -802,7 +809,7 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
               file=sys.stderr)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
-        _check_fits_in_memory(root, len(train_samples) + len(val_samples), img_size)
+        _check_fits_in_memory(root, len(train_samples) + len(val_samples), img_size, cfg.batch_size // rt.world_size)
         x, y = _decode_all(train_samples + val_samples, img_size, interp, rt.workers)  # one pass names every bad file
         (train_x, val_x), (train_y, val_y) = x.split([len(train_samples), len(val_samples)]), \
             y.split([len(train_samples), len(val_samples)])
