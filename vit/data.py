@@ -706,8 +706,9 @@ def pixel_stats(x: torch.Tensor, chunk: int = 64) -> tuple[tuple[float, ...], tu
         n = sum(row)
         total = sum(v * k for v, k in enumerate(row))
         squares = sum(v * v * k for v, k in enumerate(row))
+        variance = (n * squares - total * total) / (n * (n - 1)) if n > 1 else 0.0  # of the 0..255 values
         means.append(total / n / 255)
-        stds.append(max(((n * squares - total * total) / (n * (n - 1))) ** 0.5 / 255 if n > 1 else 0.0, 1e-3))
+        stds.append(max(variance ** 0.5 / 255, 1e-3))  # a flat channel: 1e-3, not a division by 0
     return tuple(means), tuple(stds)
 
 
@@ -766,7 +767,8 @@ def _check_fits_in_memory(root: str | Path, images: int, size: int, batch: int) 
     available (once per process of a DDP job on this machine), instead of a traceback or a silent kill
     once the folder is decoded."""
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    pixels, step = images * 3 * size * size * processes, STEP_BYTES_PER_BATCH_BYTE * batch * 3 * size * size * processes
+    image_bytes = 3 * size * size * processes
+    pixels, step = images * image_bytes, STEP_BYTES_PER_BATCH_BYTE * batch * image_bytes
     available = available_memory()
     if available is not None and pixels + step > MEMORY_SHARE * available[0]:
         each = f" ({processes} processes on this machine, each with its own)" if processes > 1 else ""
