@@ -33,7 +33,8 @@ TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
                "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
                "drop": "drop_rate", "img_size": "img_size"}
-SYSTEM_FLAGS = "--device, --attn, --amp, --threads, --workers, --compile"  # never part of a run's record
+# the system flags: where and how fast a run computes, never part of its record
+SYSTEM_FLAGS = ("device", "attn", "amp", "threads", "workers", "compile")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -180,8 +181,9 @@ def check_resume(out: Path, cfg: TrainConfig, model_cfg: ViTConfig, classes: lis
     if refused:
         raise VitError(f"--resume: the run in {out} has other settings: "
                        + "; ".join(_change(name, change, classes_flag) for name, change in refused.items())
-                       + f". A resume may change {', '.join(map(flag, RESUMABLE))} and {SYSTEM_FLAGS} only; start "
-                       "a new run (another --output) to change the others")
+                       + f". A resume may change {', '.join(map(flag, RESUMABLE))} and "
+                       f"{', '.join(map(flag, SYSTEM_FLAGS))} only; start a new run (another --output) to change the "
+                       "others")
     if allowed and main and not args.eval_only:
         print(f"--resume: continuing the run in {out} with "
               + ", ".join(_change(name, change, classes_flag) for name, change in allowed.items()), file=sys.stderr)

@@ -52,7 +52,7 @@ from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
 from vit import plot
-from vit.cli import run_cli
+from vit.cli import SYSTEM_FLAGS, run_cli
 from vit.formats import VitError, atomic_write, write_csv
 from vit.runs import read_record
 
@@ -62,10 +62,9 @@ RESERVED = {"output": "each run gets its own folder under the sweep's --output",
             "seed": "use the sweep's --seeds N (runs seeds 0 .. N-1)",
             "eval_only": "a sweep trains",
             "help": "not a training option"}
-# Options that change where and how fast a run computes, not what (or that the sweep sets): a finished run
+# Options that change where and how fast a run computes, not what, and those the sweep sets: a finished run
 # made with other values of these is still the same run
-NOT_SETTINGS = {"device", "attn", "amp", "compile", "workers", "threads", "output", "resume", "overwrite",
-                "eval_only", "print_config"}
+NOT_SETTINGS = {*SYSTEM_FLAGS, "output", "resume", "overwrite", "eval_only", "print_config"}
 SWITCH_VALUES = {"true": True, "yes": True, "on": True, "1": True,
                  "false": False, "no": False, "off": False, "0": False}
 RESULT_COLUMNS = ["seed", "status", "test_acc", "params", "train_seconds", "train_img_per_s", "output", "error"]
