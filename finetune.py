@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         model.reset_head(len(classes))
         if rt.main:
             print(f"head reset to {len(classes)} classes", file=sys.stderr)
+    elif info["classes"] and info["classes"] != classes and rt.main:  # the head is kept: output i is class i
+        print(f"warning: {args.weights}'s head was trained on the classes {', '.join(info['classes'])}; "
+              f"{args.data} has {', '.join(classes)}: output i of the kept head now means the folder's "
+              "class i", file=sys.stderr)
     if args.freeze:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("head.")

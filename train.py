@@ -19,17 +19,13 @@ from pathlib import Path
 import torch
 
 from vit.augment import BATCH_PRESETS
-from vit.cli import add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli, runtime, train_config
+from vit.cli import (MODEL_FLAGS, add_common_args, check_system_args, print_config, recipes_epilog, run, run_cli,
+                     runtime, train_config)
 from vit.config import TrainConfig
 from vit.data import TENSOR_DATASETS, folder_data, tensor_data
 from vit.weights import describe
 from vit.model import PRESETS, ViTConfig, VisionTransformer
 from vit.recipes import FOLDER_IMG_SIZE, RECIPE_PRESETS, RECIPES, folder_arch, folder_schedule
-
-# model flag -> ViTConfig field
-MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
-               "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
-               "drop": "drop_rate", "img_size": "img_size"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error("--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc")
     if args.classes is not None and args.kind == "folder":
         p.error("--classes applies to MNIST, Fashion-MNIST and CIFAR-10; for a folder, keep only those class folders")
+    if args.classes is not None and not any(args.classes.split(",")):  # '' would train on every class
+        p.error(f"--classes {args.classes!r} names no class; give comma-separated class names, e.g. --classes 3,5")
     if args.img_size is not None and args.kind != "folder":
         p.error(f"--img-size applies to image folders only ({args.data} images have a fixed size)")
     cfg = train_config(p, args, RECIPES[args.kind])

@@ -185,17 +185,39 @@ def test_abbreviations_resolve_as_timm_users_expect():
 
 def test_the_whole_run_estimate_counts_unmasked_epochs_and_evaluations(capsys):
     cfg = train.RECIPES["mnist"].replace(epochs=10, patch_dropout=0.5, unmasked_epochs=1, eval_every=5, tta="shift")
+    clock = [0.0]
     estimate = engine.RunEstimate(cfg, first_epoch=0, steps_per_epoch=100, eval_images=1000, enabled=True, ema=False,
-                                  after=10)
-    estimate.step(9, 0.9, 1152)
-    assert capsys.readouterr().err == ""  # not yet: said once, after `after` steps
-    estimate.step(10, 1.0, 1280)
-    # 9 masked epochs + 1 unmasked at twice the cost = 1,100 steps of 0.1 s; evaluations after epochs 5 and 10
-    # (the last with 9 views): 10,000 images at 2/3 of a masked training image's 1/1280 s
+                                  warmup=0, min_steps=10, min_seconds=0.0, clock=lambda: clock[0])
+    for _ in range(9):
+        clock[0] += 0.1
+        estimate.step(0.1, 128)
+    assert capsys.readouterr().err == ""  # not yet: said once, after `min_steps` steps
+    clock[0] += 0.1
+    estimate.step(0.1, 128)
+    # 9 masked epochs + 1 unmasked at twice the cost = 1,100 steps of 0.1 s, 1,090 left; evaluations after epochs
+    # 5 and 10 (the last with 9 views): 10,000 images at 2/3 of a masked training image's 1/1280 s
     assert capsys.readouterr().err.strip() == ("estimate: the rest of this run (10 epoch(s), 2 evaluation(s)) "
-                                               "takes about 115 s")
-    estimate.step(20, 2.0, 2560)
+                                               "takes about 115 s in all, 114 s from now")
+    estimate.step(0.1, 128)
     assert capsys.readouterr().err == ""  # once only
+
+
+def test_the_whole_run_estimate_waits_past_the_start_up_for_enough_steps_and_seconds(capsys):
+    """15-Scene: 11 steps an epoch; the estimate after the first 11 steps, start-up in them, said 50 min for a
+    run that trained 488 s. Here the first 3 steps take 5 s (start-up), the others 0.5 s (1 s unmasked)."""
+    cfg = train.RECIPES["folder"].replace(epochs=100, eval_every=100, tta="none")
+    clock, said = [0.0], []
+    estimate = engine.RunEstimate(cfg, first_epoch=0, steps_per_epoch=11, eval_images=150, enabled=True, ema=False,
+                                  clock=lambda: clock[0])
+    for step in range(1100):
+        seconds = 5.0 if step < 3 else 1.0 if step >= 99 * 11 else 0.5
+        clock[0] += seconds
+        estimate.step(seconds, 128)
+        said += [(step + 1, line) for line in capsys.readouterr().err.splitlines()]
+    # said after 3 + 60 steps (30 s timed past the warm-up, epochs 1 to 6); the run trained 15 + 1086 x 0.5 + 11 s
+    assert clock[0] == 569.0
+    assert said == [(63, "estimate: the rest of this run (100 epoch(s), 1 evaluation(s)) takes about 9 min in all, "
+                         "9 min from now")]
 
 
 def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_path):
@@ -210,6 +232,26 @@ def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_
     assert set(y.tolist()) == {0, 1} and (x[y == 0][:, 0, 2 * 7 + 4] == 255).all()  # seven is now label 0
     with pytest.raises(VitError, match="unknown 'eleven'"):
         vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["eleven", "2"])
+
+
+def test_the_estimate_is_given_each_steps_own_time_and_images(tmp_path, monkeypatch):
+    data, timed = write_mnist(tmp_path / "data"), []
+    monkeypatch.setattr(engine.RunEstimate, "step", lambda self, seconds, images: timed.append((seconds, images)))
+    results = train.main(mnist_argv(data, "--epochs", "2", "--accum-steps", "2", "--output", str(tmp_path / "run")))
+    assert [images for _, images in timed] == [32, 32, 32] * 2  # 96 images in batches of 32, two epochs
+    assert 0 < sum(seconds for seconds, _ in timed) <= results["train_seconds"]
+
+
+def test_classes_naming_no_class_is_refused_and_a_repeated_class_is_named(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data")
+    with pytest.raises(SystemExit) as e:  # '' used to train on every class
+        train.main(mnist_argv(data, "--classes", ""))
+    assert e.value.code == 2
+    assert "--classes '' names no class; give comma-separated class names" in capsys.readouterr().err
+    from vit import data as vit_data
+    from vit.recipes import RECIPES
+    with pytest.raises(VitError, match=r"^classes 1, 1, 2: '1' given more than once; the dataset has 0, 1, 2,"):
+        vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["1", "1", "2"])
 
 
 def test_a_folder_schedule_follows_its_size_but_flags_win(tmp_path):

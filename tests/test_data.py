@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import vit.data as data
+from vit.config import TrainConfig
 from vit.data import (ImageFolderDataset, TensorLoader, find_classes, folder_splits,
                       load_tensor_dataset)
 from vit.download import md5_file
@@ -556,3 +557,89 @@ def test_train_folder_without_val_is_split(tmp_path):
     train, val, classes = folder_splits(tmp_path, val_fraction=0.2, seed=0)
     assert classes == ["a", "b"] and len(train) == 16 and len(val) == 4
     assert all(p.parent.parent.name == "train" for p, _ in train + val)
+
+
+# ---------------------------------------------------------------------------------------------
+# An image folder held in memory: its size checked before decoding, its statistics without a float copy
+
+
+def test_pixel_stats_are_the_float_statistics_computed_before():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (37, 3, 9, 11), dtype=torch.uint8, generator=g)
+    x[:, 1] //= 4  # a dark channel
+    x[:, 2] = 200  # a flat one: std 0, clamped to 1e-3 as before
+    pixels = x.float().div_(255).transpose(0, 1).reshape(3, -1)  # what folder_data computed, 8x the bytes
+    mean, std = data.pixel_stats(x, chunk=5)
+    np.testing.assert_allclose(mean, pixels.mean(1).tolist(), rtol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(1).clamp(min=1e-3).tolist(), rtol=1e-5)
+    assert std[2] == 1e-3
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's size from /proc")
+def test_pixel_stats_need_no_float_copy_of_the_set():
+    # 60 MB of pixels and 100 MB of address space left: a float copy (240 MB) cannot be made
+    code = """
+import resource, torch
+from vit.data import pixel_stats
+x = torch.randint(0, 256, (400, 3, 224, 224), dtype=torch.uint8)
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 100 * 2**20, resource.RLIM_INFINITY))
+try:
+    x.float()
+    raise SystemExit("a float copy fitted: the limit tests nothing")
+except RuntimeError:
+    pass
+mean, std = pixel_stats(x)
+print(round(mean[0], 2), round(std[0], 2))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["0.5", "0.29"], run.stdout + run.stderr
+
+
+def test_available_memory_is_the_least_of_meminfo_the_cgroup_and_the_address_space(tmp_path):
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (cgroup / "memory").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
+    assert data.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    (cgroup / "memory.max").write_text("max\n")  # cgroup v2 without a limit
+    (cgroup / "memory.current").write_text("1000\n")
+    assert data.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    (cgroup / "memory.max").write_text("3000000000\n")
+    (cgroup / "memory.current").write_text("1500000000\n")
+    (cgroup / "memory.stat").write_text("anon 1000000000\ninactive_file 400000000\n")  # cache it can drop
+    assert data.available_memory(proc, cgroup) == (1_900_000_000, f"the cgroup limit {cgroup / 'memory.max'} "
+                                                                  "less its use")
+    (cgroup / "memory.max").unlink()
+    (cgroup / "memory" / "memory.limit_in_bytes").write_text("2000000000\n")  # cgroup v1
+    (cgroup / "memory" / "memory.usage_in_bytes").write_text("500000000\n")
+    assert data.available_memory(proc, cgroup)[0] == 1_500_000_000
+    (proc / "self" / "limits").write_text("Limit                     Soft Limit           Hard Limit           Units\n"
+                                          "Max address space         1000000000           unlimited            bytes\n")
+    (proc / "self" / "status").write_text("Name:\tpython\nVmSize:\t  300000 kB\n")
+    assert data.available_memory(proc, cgroup) == (692_800_000, "the address-space limit (ulimit -v) less this "
+                                                                "process's size")
+    assert data.available_memory(tmp_path / "none", tmp_path / "none") is None  # not Linux: no check
+
+
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "f" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(tmp_path / "f" / name / f"{i}.png")
+    monkeypatch.setattr(data, "available_memory", lambda: (50_000_000, "MemAvailable"))
+    monkeypatch.setattr(data, "_decode_all", lambda *a: pytest.fail("decoded a folder that cannot be held"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train  # a script at the repository root
+    from vit.cli import run_cli
+    argv = ["--data", str(tmp_path / "f"), "--img-size", "256", "--batch-size", "2", "--workers", "0"]
+    with pytest.raises(SystemExit) as e:  # 16 x 3 x 256 x 256 bytes + 120 x a batch's 2 x 3 x 256 x 256 > 40 MB
+        run_cli(lambda: train.main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.splitlines()[-1] == (
+        f"error: {tmp_path / 'f'}: its 16 images held in memory at --img-size 256 take 3.1 MB, and a training step "
+        "on batches of 2 about 47.2 MB more: more than 80% of the 50.0 MB available (MemAvailable); use --aug rrc, "
+        "which decodes the images batch by batch instead of holding them, or a smaller --img-size or --batch-size")
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
+    assert len(data.folder_data(tmp_path / "f", TrainConfig(aug="cifar", batch_size=2), 256).train.x) == 14

@@ -125,3 +125,20 @@ def test_crop_padding_without_a_batch_crop_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--crop-padding", "2"])
     assert e.value.code == 2 and "--crop-padding applies to the batch crops (--aug cifar, crop)" in capsys.readouterr().err
+
+
+def test_a_kept_head_trained_on_other_class_names_is_a_warning_naming_both(tmp_path, capsys):
+    from vit.model import ViTConfig, VisionTransformer
+    from vit.weights import save_checkpoint
+
+    folder = scenes(tmp_path / "scenes", per_class=2)
+    model = VisionTransformer(ViTConfig(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=1, num_heads=2))
+    weights = tmp_path / "three.safetensors"
+    warnings = []
+    for classes in (["beach", "forest", "sea"], ["cat", "dog", "eel"]):
+        save_checkpoint(weights, model, {"classes": json.dumps(classes)})
+        finetune.main(["--weights", str(weights), "--data", str(folder), "--keep-head", "--epochs", "1",
+                       "--output", str(tmp_path / classes[0])] + FAST)
+        warnings.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")])
+    assert warnings == [[], [f"warning: {weights}'s head was trained on the classes cat, dog, eel; {folder} has "
+                             "beach, forest, sea: output i of the kept head now means the folder's class i"]]

@@ -42,6 +42,16 @@ def write_png(path: Path, size: tuple[int, int] = (50, 40), mode: str = "RGB") -
     return path
 
 
+def sensitive_checkpoint(path: Path) -> Path:
+    """A tiny random model whose head is far from zero, so its prediction follows the image."""
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(img_size=32, patch_size=8, num_classes=4, embed_dim=32, depth=1, num_heads=2))
+    with torch.no_grad():
+        model.head.weight.normal_(0, 3)
+    save_checkpoint(path, model, {"classes": json.dumps(["ant", "bee", "cat", "dog"])})
+    return path
+
+
 def test_command_line_prints_the_favoured_class(tmp_path):
     ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
     png = write_png(tmp_path / "photo.png")
@@ -145,3 +155,37 @@ def test_an_extreme_strip_is_classified_within_the_crops_memory(tmp_path, capsys
     limit_resizes(monkeypatch, 224 * 224)
     main(["--checkpoint", str(ckpt), str(strip), "--img-size", "224", "--top-k", "1"])
     assert capsys.readouterr().out.splitlines() == [f"{strip}:", "   99.99%  cat"]
+
+
+def test_a_16_bit_image_is_read_as_training_reads_it(tmp_path, capsys):
+    """Pillow's convert clips 16-bit pixels at 255: predict read a 16-bit PNG as a white picture."""
+    ckpt = sensitive_checkpoint(tmp_path / "tiny.safetensors")
+    eight = (np.arange(40 * 50).reshape(40, 50) % 256).astype(np.uint8)  # a ramp, mean 125
+    Image.fromarray(eight).save(tmp_path / "8.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "16.png")  # the same picture in 16 bits
+    Image.new("L", (50, 40), 255).save(tmp_path / "white.png")
+    printed = {}
+    for name in ("8", "16", "white"):
+        main(["--checkpoint", str(ckpt), str(tmp_path / f"{name}.png"), "--top-k", "4"])
+        printed[name] = capsys.readouterr().out.splitlines()[1:]
+    assert printed["16"] == printed["8"] != printed["white"]
+
+
+def test_every_readable_image_is_classified_and_the_others_named(tmp_path, capsys):
+    ckpt = biased_checkpoint(tmp_path / "tiny.safetensors")
+    good = [str(write_png(tmp_path / "a.png")), str(write_png(tmp_path / "b.png"))]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "folder").mkdir()
+    bad = [str(tmp_path / "missing.png"), str(tmp_path / "folder"), str(tmp_path / "broken.png")]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["--checkpoint", str(ckpt), good[0], bad[0], bad[1], good[1], bad[2], "--top-k", "1"]))
+    captured = capsys.readouterr()
+    assert e.value.code == 1
+    assert captured.out.splitlines() == [f"{good[0]}:", "   99.99%  cat", f"{good[1]}:", "   99.99%  cat"]
+    last = captured.err.splitlines()[-1]
+    assert last.startswith(f"error: 3 of 5 images could not be classified: {bad[0]}: no such image file; "
+                           f"{bad[1]}: a folder, not an image file; {bad[2]}: cannot read the image"), last
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(["--checkpoint", str(ckpt), bad[1]]))
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {bad[1]}: a folder, not an image file"

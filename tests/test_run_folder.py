@@ -4,6 +4,7 @@ run into a finished one, a resume state that is not ours."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import platform
 import subprocess
@@ -155,3 +156,74 @@ def test_a_state_that_is_not_ours_is_a_message_and_auto_falls_back(tmp_path, dat
     err = capsys.readouterr().err
     assert "resuming from the previous state" in err and f"resumed from {out / 'state.prev.pt'} after epoch 1" in err
     assert results["epochs"] == 3
+
+
+@pytest.fixture
+def two_classes(tmp_path: Path, data: Path) -> Path:
+    """A finished 2-epoch run on MNIST's classes 0 and 1 (lr 0.0028, batch 32, 2 heads)."""
+    out = tmp_path / "run"
+    train.main(argv(data, out, "--epochs", "2", "--classes", "0,1"))
+    return out
+
+
+@pytest.mark.parametrize("flags, changes", [
+    (["--lr", "0.5"], "--lr 0.5 (the run: 0.0028)"),
+    (["--batch-size", "16"], "--batch-size 16 (the run: 32)"),
+    (["--classes", "1,0"], "--data/--classes: classes 1,0 (the run: 0,1)"),
+    (["--data", "fashion-mnist", "--classes", "T-shirt/top,Trouser"],
+     "--smoothing 0.1 (the run: 0.0); --aug cifar (the run: mnist); --crop-padding 2 (the run: 4); "  # its recipe's
+     "--data/--classes: classes T-shirt/top,Trouser (the run: 0,1)"),
+    (["--aug", "none", "--smoothing", "0.3", "--patch-dropout", "0", "--seed", "5"],
+     "--smoothing 0.3 (the run: 0.0); --patch-dropout 0.0 (the run: 0.5); --aug none (the run: mnist); "
+     "--seed 5 (the run: 0)"),
+    (["--heads", "4"], "--heads 4 (the run: 2)"),  # was "does not fit this model and optimizer (...)", no flag named
+], ids=["lr", "batch", "classes swapped", "other data", "regularisation", "architecture"])
+def test_a_resume_with_other_settings_is_refused_naming_the_flags_and_both_values(tmp_path, data, two_classes,
+                                                                                  capsys, flags, changes):
+    (data / "fashion-mnist").symlink_to(data / "mnist")  # the same files under Fashion-MNIST's name
+    before = {p.name: p.read_bytes() for p in two_classes.iterdir()}
+    code, err = exit_of(argv(data, two_classes, "--classes", "0,1", "--epochs", "4", "--resume", "auto", *flags),
+                        capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"error: --resume: the run in {two_classes} has other settings: {changes}. A resume may change --epochs, "
+        "--eval-every, --save-every, --tta and --device, --attn, --amp, --threads, --workers, --compile only; start a "
+        "new run (another --output) to change the others")
+    assert {p.name: p.read_bytes() for p in two_classes.iterdir()} == before  # nothing trained, the record as it was
+
+
+def test_a_resume_may_change_the_epochs_and_evaluation_and_the_record_keeps_both(data, two_classes, capsys):
+    command = json.loads((two_classes / "args.json").read_text())["command"]
+    results = train.main(argv(data, two_classes, "--classes", "0,1", "--epochs", "3", "--eval-every", "1", "--tta",
+                              "flip", "--threads", "2", "--resume", "auto"))
+    assert results["epochs"] == 3 and results["tta"] == "flip"
+    assert (f"--resume: continuing the run in {two_classes} with --epochs 3 (the run: 2), --eval-every 1 (the run: 5), "
+            "--tta flip (the run: none)") in capsys.readouterr().err
+    train.main(argv(data, two_classes, "--classes", "0,1", "--epochs", "4", "--resume", "auto"))
+    record = json.loads((two_classes / "args.json").read_text())
+    assert record["command"] == command and record["config"]["epochs"] == 2  # the start's settings, as they were
+    assert record["classes"] == ["0", "1"] and record["config"]["tta"] == "none"
+    assert [r["changes"] for r in record["resumes"]] == [
+        {"config.epochs": [2, 3], "config.eval_every": [5, 1], "config.tta": ["none", "flip"]},
+        {"config.epochs": [3, 4], "config.eval_every": [1, 5], "config.tta": ["flip", "none"]}]  # against the last
+
+
+def test_a_resume_to_fewer_epochs_than_trained_is_refused(data, two_classes, capsys):
+    code, err = exit_of(argv(data, two_classes, "--classes", "0,1", "--epochs", "1", "--resume", "auto"), capsys)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        f"error: --epochs 1: the run in {two_classes} has trained 2 epochs already; resume it with --epochs 2 or more")
+
+
+def test_eval_only_compares_the_model_and_classes_not_the_training(data, two_classes, capsys):
+    train.main(argv(data, two_classes, "--classes", "0,1", "--lr", "0.5", "--eval-only", "--resume", "auto"))
+    code, err = exit_of(argv(data, two_classes, "--classes", "0,1", "--heads", "4", "--eval-only", "--resume", "auto"),
+                        capsys)
+    assert code == 1 and "has other settings: --heads 4 (the run: 2). A resume may change" in err
+
+
+def test_a_resume_without_a_readable_record_says_so_and_writes_one(data, two_classes, capsys):
+    (two_classes / "args.json").write_text('{"config": "not a config"}')
+    assert train.main(argv(data, two_classes, "--classes", "0,1", "--epochs", "3", "--resume", "auto"))["epochs"] == 3
+    assert (f"warning: {two_classes} has no readable args.json: this resume's settings cannot be checked against "
+            "the run's") in capsys.readouterr().err
+    assert json.loads((two_classes / "args.json").read_text())["config"]["epochs"] == 3

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vit import sweep
+from vit.cli import run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 TINY = ["--data-dir", "DATA", "--no-download", "--embed-dim", "16", "--depth", "1", "--heads", "2",
@@ -231,3 +232,34 @@ def test_grid_axes_are_checked_against_the_script_they_run(capsys):
     with pytest.raises(SystemExit):
         sweep.parse_args(["--script", "finetune", "--grid", "pos=sin,learned"])  # a train.py flag, not finetune.py's
     assert "grid axis 'pos' is not a finetune.py option" in capsys.readouterr().err
+
+
+def test_a_sweep_with_a_failed_run_exits_1(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["--data", "mnist", "--grid", "patch_size=5", "--epochs", "1", "--output", str(out), "--", "--no-download"]
+    with pytest.raises(SystemExit) as e:  # 28 px is no multiple of 5: refused before any data is read
+        run_cli(lambda: sweep.run_command(argv))
+    captured = capsys.readouterr()
+    assert e.value.code == 1 and "1 runs, 1 failed; wrote" in captured.out
+    assert captured.err.splitlines()[-1] == "error: 1 of 1 runs failed"
+
+
+def test_a_finished_run_made_with_other_flags_is_not_counted_as_this_one(tmp_path, capsys):
+    data = write_mnist(tmp_path / "data", n_train=64, n_test=32)
+    out = tmp_path / "sweep"
+    argv = ["--data", "mnist", "--grid", "patch_size=7", "--epochs", "1", "--output", str(out), "--"] + \
+        [str(data) if a == "DATA" else a for a in TINY]
+    first = sweep.main(argv)
+    assert first[0]["status"] == "ok"
+    results = out / "patch_size=7-seed0" / "results.json"
+    mtime = results.stat().st_mtime_ns
+    again = sweep.main([*argv, "--threads", "2"])  # a system flag: the same run, skipped
+    assert "finished before, skipped" in capsys.readouterr().out and results.stat().st_mtime_ns == mtime
+    assert again[0]["test_acc"] == first[0]["test_acc"]
+    other = sweep.main([*argv, "--lr", "1e-4"])  # was "finished before, skipped", reported under this command
+    printed = capsys.readouterr().out
+    assert "finished before, skipped" not in printed and results.stat().st_mtime_ns == mtime
+    assert other[0]["status"] == "failed" and "--lr 0.0001 (the run: 0.0028)" in other[0]["error"]
+    assert "| 1 |" not in (out / "sweep.md").read_text()  # no earlier numbers under the new command
+    longer = sweep.main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:]])
+    assert longer[0]["status"] == "ok" and json.loads(results.read_text())["epochs"] == 2  # continued to epoch 2

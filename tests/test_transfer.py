@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vit import transfer
+from vit.cli import run_cli
 from vit.formats import VitError
 
 CLASSES = transfer.ANIMALS + transfer.VEHICLES
@@ -88,3 +89,39 @@ def test_tiny_transfer_pretrains_once_fine_tunes_from_it_and_resumes(tmp_path):
     assert [r["method"] for r in more] == [r["method"] for r in rows] + ["all weights, lr 3e-3, layer decay 1"]
     assert {p for p in out.rglob("results.json")} - set(finished) == {Path(more[-1]["output"]) / "results.json"}
     assert (out / "transfer.md").read_text().count("`python -m vit.transfer") == 2  # both commands, one report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lrs", "1e-3,inf"], "--lrs inf: must be a finite number > 0, got inf"),
+    (["--head-lr", "nan"], "--head-lr nan: must be a finite number > 0, got nan"),
+    (["--layer-decays", "0.75,2"], "--layer-decays 2: must be in (0, 1], got 2.0"),
+    (["--per-class", "5,5"], "--per-class '5,5': 5 is given more than once"),
+    (["--lrs", "1e-3,0.001"], "--lrs '1e-3,0.001': 1e-3 is given more than once"),
+    (["--per-class", "0"], "--per-class 0: must be > 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+])
+def test_every_value_is_checked_as_finetune_py_would_before_anything_runs(tmp_path, capsys, flags, message):
+    out = tmp_path / "transfer"
+    with pytest.raises(SystemExit) as e:
+        transfer.main(["--data", str(tmp_path / "cifar"), "--output", str(out), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()  # refused before any folder is built or any run starts
+
+
+def test_failed_runs_of_this_command_exit_1_and_other_commands_failures_do_not(tmp_path, monkeypatch, capsys):
+    def fake_run(argv: list[str], out: Path, script: str = "train") -> dict:
+        """Every run finishes at once (50%), except the fine-tunes at lr 1e-3."""
+        if "lr_1e-3" in out.name:
+            return {"status": "failed", "error": "error: boom"}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.csv").write_text("epoch,seconds,val_acc\n1,1.0,0.5\n")
+        (out / "results.json").write_text(json.dumps({"epochs": 1, "val_acc": 0.5, "train_seconds": 1.0, "params": 1}))
+        return {"status": "ok", "test_acc": 0.5, "train_seconds": 1.0, "error": ""}
+
+    monkeypatch.setattr(transfer, "train_run", fake_run)
+    data = cifar_folder(tmp_path / "cifar", train=4, test=1)
+    argv = ["--data", str(data), "--output", str(tmp_path / "transfer"), "--per-class", "4", "--layer-decays", "1"]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: transfer.run_command([*argv, "--lrs", "1e-3"]))
+    assert e.value.code == 1 and capsys.readouterr().err.splitlines()[-1] == "error: 1 of 3 runs failed"
+    transfer.run_command([*argv, "--lrs", "3e-3", "--no-head"])  # its runs finish; the earlier failure is not its own

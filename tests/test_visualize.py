@@ -1,5 +1,6 @@
 """vit.visualize: attention rollout, the position-similarity tiles, and the command on tiny checkpoints."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -91,6 +92,19 @@ def test_image_with_learned_positions_writes_both_pngs(tmp_path, capsys):
     with Image.open(out / "pos_embed.png") as img:
         assert img.size == (760, 720)
         assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 50
+
+
+def test_a_16_bit_image_is_shown_and_read_as_training_reads_it(tmp_path):
+    """Pillow's convert clips 16-bit pixels at 255: the input panel of a 16-bit PNG was blank white."""
+    ckpt = tiny_checkpoint(tmp_path / "gray.safetensors")
+    model, info = visualize.load_checkpoint(ckpt)
+    eight = (np.arange(40 * 50).reshape(40, 50) % 256).astype(np.uint8)  # a ramp, mean 125
+    Image.fromarray(eight).save(tmp_path / "8.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "16.png")  # the same picture in 16 bits
+    inputs = [visualize.load_input(argparse.Namespace(data=None, image=str(tmp_path / f"{bits}.png")), model, info)
+              for bits in (8, 16)]
+    torch.testing.assert_close(inputs[1][0], inputs[0][0], atol=0, rtol=0)
+    assert np.array_equal(inputs[1][1], inputs[0][1]) and 100 < inputs[1][1].mean() < 150
 
 
 def test_mnist_test_image_with_sin_positions(tmp_path, capsys):

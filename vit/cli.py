@@ -5,7 +5,8 @@ fields themselves are the table from flags to the config: a flag left out keeps 
 and the config's own checks become argparse errors naming the flag (exit 2). Runtime flags (device,
 attention kernel, threads, ...) become a `Runtime`; output flags pick the run folder. `run_cli` is the
 one wrapper every entry point runs its main() in: a `VitError` (a user mistake or a bad file)
-becomes one line on stderr and exit 1, Ctrl-C one line and exit 130, never a traceback.
+becomes one line on stderr and exit 1, Ctrl-C one line and exit 130, never a traceback. A resume
+continues a run with its own settings: `check_resume` refuses any other but the RESUMABLE ones.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ from .data import Data
 from .engine import evaluate_saved, fit
 from .formats import VitError
 from .model import ViTConfig, VisionTransformer
-from .runs import run_folder
+from .runs import RESUMABLE, changed_settings, read_record, run_folder
 from .runtime import AMP_MIN_WIDTH, FUSED_MIN_HEAD_DIM, Runtime, setup_runtime, shutdown, world_size
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+# model flag -> ViTConfig field (train.py has them all; finetune.py --patch and --img-size)
+MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
+               "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
+               "drop": "drop_rate", "img_size": "img_size"}
+# the system flags: where and how fast a run computes, never part of its record
+SYSTEM_FLAGS = ("device", "attn", "amp", "threads", "workers", "compile")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +152,8 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
     then train (or, with --eval-only, score the saved state), and end the DDP job."""
     out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, main=rt.main,
                                   overwrite=args.overwrite)
+    if resume_from is not None:
+        check_resume(out, cfg, model.cfg, data.classes, args, rt.main)
     fallback = args.resume == "auto"
     if args.eval_only:
         if resume_from is None:
@@ -154,6 +163,56 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
         results = fit(model, data, cfg, rt=rt, out=out, resume_from=resume_from, fallback=fallback, metadata=metadata)
     shutdown(rt)
     return results
+
+
+def check_resume(out: Path, cfg: TrainConfig, model_cfg: ViTConfig, classes: list[str], args: argparse.Namespace,
+                 main: bool) -> None:
+    """A resume continues the run in `out` with the settings in its record (args.json): those of this
+    command that differ are a VitError naming their flags and both values, except the RESUMABLE run
+    config fields, which may change (said on stderr), and the system flags, which are not recorded.
+    --eval-only compares the model and the classes alone: it trains nothing."""
+    record = read_record(out)
+    if record is None:
+        if main:
+            print(f"warning: {out} has no readable args.json: this resume's settings cannot be checked against "
+                  "the run's", file=sys.stderr)
+        return
+    changes = changed_settings(record, asdict(cfg), asdict(model_cfg), classes)
+    # these model fields follow from --drop-path and the classes, which are compared themselves
+    changes.pop("model.drop_path_rate", None)
+    changes.pop("model.num_classes", None)
+    allowed = {k: v for k, v in changes.items() if k.startswith("config.") and k.split(".")[1] in RESUMABLE}
+    refused = {k: v for k, v in changes.items()
+               if k not in allowed and not (args.eval_only and k.startswith("config."))}
+    classes_flag = "--data/--classes" if hasattr(args, "classes") else "--data"
+    if refused:
+        raise VitError(f"--resume: the run in {out} has other settings: "
+                       + "; ".join(_change(name, change, classes_flag) for name, change in refused.items())
+                       + f". A resume may change {', '.join(map(flag, RESUMABLE))} and "
+                       f"{', '.join(map(flag, SYSTEM_FLAGS))} only; start a new run (another --output) to change the "
+                       "others")
+    if allowed and main and not args.eval_only:
+        print(f"--resume: continuing the run in {out} with "
+              + ", ".join(_change(name, change, classes_flag) for name, change in allowed.items()), file=sys.stderr)
+
+
+def _change(name: str, change: list, classes_flag: str) -> str:
+    """One changed setting as the flag that sets it and both values: '--lr 0.5 (the run: 0.0028)'."""
+    part, _, field = name.partition(".")
+    if part == "config":
+        what = flag(field)
+    elif part == "model":  # a field no flag sets (in_chans: the data's) is named as the model's
+        what = next((flag(f) for f, model_field in MODEL_FLAGS.items() if model_field == field), f"model {field}")
+    else:
+        what = f"{classes_flag}: classes"
+    return f"{what} {_shown(change[1])} (the run: {_shown(change[0])})"
+
+
+def _shown(value: object) -> str:
+    """A setting's value as the command line gives it; a long class list cut after 8 names."""
+    if not isinstance(value, list):
+        return str(value)
+    return ",".join(map(str, value[:8])) + (f",... ({len(value)} classes)" if len(value) > 8 else "")
 
 
 def run_cli(main: Callable[[], object]) -> None:

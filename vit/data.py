@@ -242,8 +242,11 @@ def select_classes(ds: TensorDataset, names: Sequence[str]) -> TensorDataset:
     """The samples of the classes `names` only, relabelled 0..len(names)-1 in that order (e.g. CIFAR-10's
     six animals to pre-train on, its four vehicles to fine-tune on)."""
     unknown = [n for n in names if n not in ds.classes]
-    if unknown or len(set(names)) != len(names) or len(names) < 2:
-        problem = f"unknown {', '.join(map(repr, unknown))}" if unknown else "at least 2 different classes are needed"
+    repeated = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if unknown or repeated or len(names) < 2:
+        problem = (f"unknown {', '.join(map(repr, unknown))}" if unknown else
+                   f"{', '.join(map(repr, repeated))} given more than once" if repeated else
+                   "at least 2 different classes are needed")
         raise VitError(f"classes {', '.join(names)}: {problem}; the dataset has {', '.join(ds.classes)}")
     relabel = torch.full((len(ds.classes),), -1, dtype=torch.long)
     relabel[[ds.classes.index(n) for n in names]] = torch.arange(len(names))
@@ -435,8 +438,8 @@ MAX_IMAGE_BYTES = 64 << 20
 
 
 def open_image(path: str | Path, draft_size: int = 0) -> Image.Image:
-    """Decode the image file at `path` in full, so a bad file fails here with its name: the one way the
-    project opens images (image folders, vit.predict, vit.visualize).
+    """Decode the image file at `path` in full, so a bad file fails here with its name (`read_image`
+    converts it to the mode a model takes).
 
     Before decoding: a regular file (a fifo would block the reader), at most MAX_IMAGE_BYTES, and
     Pillow's header parse, which refuses a decompression bomb (more than twice its pixel limit) from
@@ -478,8 +481,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def read_image(path: str | Path, mode: str = "RGB", draft_size: int = 0) -> Image.Image:
+    """The image file at `path` as 8-bit `mode` ("RGB", or "L" for a grey model): the one reader of
+    training (image folders) and inference (vit.predict, vit.visualize), so a 16-bit or palette image
+    reaches a model the same way in both. Decoded by `open_image` (`draft_size`: see there), then
+    converted by `_to_rgb`; any problem is a VitError naming the file."""
+    img = open_image(path, draft_size)
+    try:
+        rgb = _to_rgb(img)
+    except (ValueError, OSError) as e:  # a decoded mode Pillow cannot convert to RGB
+        raise VitError(f"{path}: cannot read the image (mode {img.mode}: {e}); remove or replace the file") from None
+    # "L" from grey RGB is exact (its weights sum to 1), so a grey image keeps its values
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Decode (path, label) samples lazily with `open_image`: PIL -> RGB -> transform(img, generator).
+    """Decode (path, label) samples lazily with `read_image`: PIL RGB -> transform(img, generator).
 
     The transform's generator is seeded from (seed, epoch, index) alone, so an item's augmentation
     does not depend on worker count or order. JPEGs at least twice the transform's `size` on their
@@ -499,18 +516,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, path: Path) -> Image.Image:
-        size = getattr(self.transform, "size", None)
-        img = open_image(path, size if isinstance(size, int) else 0)  # only a plain int size enables draft decoding
-        try:
-            return _to_rgb(img)
-        except (ValueError, OSError) as e:  # a decoded mode Pillow cannot convert to RGB
-            raise VitError(f"{path}: cannot read the image (mode {img.mode}: {e}); "
-                           "remove or replace the file") from None
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        img = self._load(path)
+        size = getattr(self.transform, "size", None)  # only a plain int size enables draft decoding
+        img = read_image(path, draft_size=size if isinstance(size, int) else 0)
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, i))
         return self.transform(img, g), label
 
@@ -673,16 +682,108 @@ def _decode_all(samples: list[tuple[Path, int]], size: int, interpolation: int, 
     """Every image of `samples` decoded once, in `workers` processes: uint8 (N, 3, size, size), labels (N,).
     Every unreadable image is found in this one pass: a VitError names the first few and counts them."""
     images = _Decoded(ImageFolderDataset(samples, _Pixels(size, interpolation)), size)
-    xs, ys, errors = [torch.zeros(0, 3, size, size, dtype=torch.uint8)], [torch.zeros(0, dtype=torch.long)], []
+    # filled in place, batch by batch: concatenating the batches would hold the set twice
+    xs, ys, errors, done = torch.empty(len(samples), 3, size, size, dtype=torch.uint8), [], [], 0
     for x, y, problems in torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers):
-        xs.append(x)
+        xs[done:done + len(x)] = x
+        done += len(x)
         ys.append(y)
         errors += [p for p in problems if p]
     if errors:
         shown = "\n  ".join(errors[:5])
         more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
         raise VitError(f"{len(errors)} of {len(samples)} images cannot be read; remove or replace them:\n  {shown}{more}")
-    return torch.cat(xs), torch.cat(ys).long()
+    return xs, torch.cat([torch.zeros(0, dtype=torch.long), *ys]).long()
+
+
+def pixel_stats(x: torch.Tensor, chunk: int = 64) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and sample std (n - 1) of uint8 images (N, C, H, W) on the [0, 1] scale, from a
+    histogram of each channel's 256 values summed over chunks of `chunk` images: exact integer sums, and
+    no float copy of the set (four bytes a pixel, which a folder held in memory may not have to spare)."""
+    counts = torch.zeros(x.shape[1], 256, dtype=torch.long)
+    for part in x.split(chunk):
+        for c in range(x.shape[1]):
+            counts[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)  # (n, H, W) -> (n H W,)
+    means, stds = [], []
+    for row in counts.tolist():  # Python integers: the sums of squares overflow nothing
+        n = sum(row)
+        total = sum(v * k for v, k in enumerate(row))
+        squares = sum(v * v * k for v, k in enumerate(row))
+        variance = (n * squares - total * total) / (n * (n - 1)) if n > 1 else 0.0  # of the 0..255 values
+        means.append(total / n / 255)
+        stds.append(max(variance ** 0.5 / 255, 1e-3))  # a flat channel: 1e-3, not a division by 0
+    return tuple(means), tuple(stds)
+
+
+# What a folder held in memory and a training step may take of the memory available together (the rest:
+# the loader's workers, the process's own growth, whatever else runs there), and what a training step takes
+# per byte of its uint8 batch: the batch's float copies and the activations kept for the backward pass (the
+# conv stem's full-resolution maps most). Measured on the CPU with the folder recipe's model: 2.6 GB for
+# 128 images at 224 px (19 MB of pixels), 0.6 GB at 128 px; a larger model takes more.
+MEMORY_SHARE = 0.8
+STEP_BYTES_PER_BATCH_BYTE = 120
+
+
+def available_memory(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
+    """(bytes this process can still take, what sets that), the least of: the machine's MemAvailable; a
+    cgroup's memory limit less its working set (v2 memory.max, v1 memory/memory.limit_in_bytes), past
+    which the process is killed without a word; the address-space limit (ulimit -v) less this process's
+    size, past which an allocation fails. None where none of them can be read (no /proc: not Linux)."""
+    found = []
+    meminfo = _proc_numbers(proc / "meminfo")
+    if "MemAvailable" in meminfo:
+        found.append((meminfo["MemAvailable"] * 1024, "MemAvailable"))
+    for folder, limit_file, usage_file, cache in ((cgroup, "memory.max", "memory.current", "inactive_file"),
+                                                  (cgroup / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                   "total_inactive_file")):
+        limit, usage = (_proc_numbers(folder / name).get("") for name in (limit_file, usage_file))
+        if limit is not None and usage is not None:  # the working set: use less the page cache it can drop
+            found.append((limit - usage + _proc_numbers(folder / "memory.stat").get(cache, 0),
+                          f"the cgroup limit {folder / limit_file} less its use"))
+    address_space = _proc_numbers(proc / "self" / "limits").get("Max address space")
+    size = _proc_numbers(proc / "self" / "status").get("VmSize")
+    if address_space is not None and size is not None:
+        found.append((address_space - size * 1024, "the address-space limit (ulimit -v) less this process's size"))
+    return min(found) if found else None
+
+
+def _proc_numbers(path: Path) -> dict[str, int]:
+    """The numbers of a /proc or cgroup file by name: 'MemAvailable:  123 kB' -> {'MemAvailable': 123},
+    a limits row by its words before the first number, a file holding one number -> {'': number}; {} if
+    the file cannot be read. Words such as 'max' or 'unlimited' are no number, so no limit."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    numbers = {}
+    for line in lines:
+        words = line.replace(":", " ").split()
+        first = next((i for i, w in enumerate(words) if w.isdigit() or w in ("max", "unlimited")), None)
+        if first is not None and words[first].isdigit():
+            numbers[" ".join(words[:first])] = int(words[first])
+    return numbers
+
+
+def _check_fits_in_memory(root: str | Path, images: int, size: int, batch: int) -> None:
+    """Before any image is decoded: a VitError when `images` held in memory at `size` px (uint8, N x 3 x
+    size x size bytes) and a training step on `batch` of them take more than MEMORY_SHARE of the memory
+    available (once per process of a DDP job on this machine), instead of a traceback or a silent kill
+    once the folder is decoded."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    image_bytes = 3 * size * size * processes
+    pixels, step = images * image_bytes, STEP_BYTES_PER_BATCH_BYTE * batch * image_bytes
+    available = available_memory()
+    if available is not None and pixels + step > MEMORY_SHARE * available[0]:
+        each = f" ({processes} processes on this machine, each with its own)" if processes > 1 else ""
+        raise VitError(f"{root}: its {images:,} images held in memory at --img-size {size} take {_size(pixels)}, and "
+                       f"a training step on batches of {batch} about {_size(step)} more{each}: more than "
+                       f"{MEMORY_SHARE:.0%} of the {_size(available[0])} available ({available[1]}); use --aug rrc, "
+                       "which decodes the images batch by batch instead of holding them, or a smaller --img-size "
+                       "or --batch-size")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def folder_samples(root: str | Path, cfg: TrainConfig, verbose: bool = True
@@ -722,12 +823,13 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
     train_samples, val_samples, classes = folder_samples(root, cfg, rt.main)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS and cfg.aug != "none":
+        _check_fits_in_memory(root, len(train_samples) + len(val_samples), img_size, cfg.batch_size // rt.world_size)
         x, y = _decode_all(train_samples + val_samples, img_size, interp, rt.workers)  # one pass names every bad file
         (train_x, val_x), (train_y, val_y) = x.split([len(train_samples), len(val_samples)]), \
             y.split([len(train_samples), len(val_samples)])
-        pixels = train_x.float().div_(255).transpose(0, 1).reshape(3, -1)  # (N, 3, S, S) -> (3, N*S*S)
-        mean = tuple(mean) if mean is not None else tuple(pixels.mean(1).tolist())
-        std = tuple(std) if std is not None else tuple(pixels.std(1).clamp(min=1e-3).tolist())
+        own_mean, own_std = pixel_stats(train_x)
+        mean = tuple(mean) if mean is not None else own_mean
+        std = tuple(std) if std is not None else own_std
         return in_memory_data(TensorDataset(train_x, train_y, val_x, val_y, classes, mean, std), cfg, rt, "val")
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import Data, mix_seed
 from .formats import VitError
 from .model import VisionTransformer, count_params, param_groups
-from .runs import (STATE_FILE, claimed, read_resume_state, remove_unstarted, save_state, versions, write_json,
+from .runs import (STATE_FILE, claimed, read_resume_state, record_run, remove_unstarted, save_state, versions,
                    write_metrics, write_results)
 from .runtime import Runtime
 from .weights import save_checkpoint
@@ -130,37 +130,60 @@ class Progress:
 
 
 class RunEstimate:
-    """Says once, after the first `after` steps this process trains, how long the rest of the run will take.
+    """Says once how long this process's training (its epochs and evaluations) takes, when the steps timed
+    so far mean something: at least `min_steps` steps and `min_seconds` seconds of them after the first
+    `warmup` steps (start-up: allocations, thread pools, caches), over as many epochs as that takes. On
+    15-Scene (11 steps an epoch), an estimate from the first 11 steps said 50 min for a run that trained
+    488 s.
 
-    The remaining steps at the rate so far (an unmasked step, on all tokens instead of a 1 - p share,
-    counted 1 / (1 - p) times as long), plus the evaluations to come: a forward pass over the held-out
-    images per evaluation (x the test-time views in the last), at a third of a training step's cost
-    per token (forward only).
+    The rate is per unit of work, where a step on all tokens (an unmasked epoch) counts 1 / (1 - p) steps
+    on the 1 - p share PatchDropout keeps. The rest of the run is the work left at that rate, plus the
+    evaluations to come: a forward pass over the held-out images each (x the test-time views in the
+    last; once more with an EMA) at a third of a masked training image's cost per token (forward only).
+    The time so far, evaluations and checkpoints included, is read from `clock`.
     """
 
     def __init__(self, cfg: TrainConfig, first_epoch: int, steps_per_epoch: int, eval_images: int,
-                 enabled: bool, ema: bool, after: int = 200):
-        self.enabled, self.after = enabled, min(after, steps_per_epoch)
+                 enabled: bool, ema: bool, *, warmup: int = 3, min_steps: int = 30, min_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.enabled, self.warmup, self.min_steps, self.min_seconds = enabled, warmup, min_steps, min_seconds
         keep = 1.0 - cfg.patch_dropout
-        unmasked_from = cfg.epochs - cfg.unmasked_epochs
         epochs = range(first_epoch, cfg.epochs)
-        # training work left, in units of the current epoch's steps
-        self.scale = 1.0 if first_epoch < unmasked_from else 1.0 / keep
-        self.units = sum(steps_per_epoch * (1.0 if e < unmasked_from else 1.0 / keep) for e in epochs) / self.scale
+        self.costs = [1.0 if e < cfg.epochs - cfg.unmasked_epochs else 1.0 / keep for e in epochs]  # per step
+        self.steps_per_epoch = steps_per_epoch
+        self.work_left = steps_per_epoch * sum(self.costs)
         views = num_tta_views(cfg.tta)
-        evals = [e + 1 for e in epochs if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.epochs]
-        self.eval_images = sum(eval_images * ((views if e == cfg.epochs else 1) + ema) for e in evals)
-        self.eval_tokens = 1.0 / (3 * keep * self.scale)  # an evaluated image's cost / a trained image's
-        self.evals, self.epochs = len(evals), len(epochs)
+        # (this process's epochs trained before it, images it scores) of each evaluation to come
+        self.evals = [(i + 1, eval_images * ((views if e + 1 == cfg.epochs else 1) + ema)) for i, e in enumerate(epochs)
+                      if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.epochs]
+        self.eval_cost = 1.0 / (3 * keep)  # an evaluated image's work, in masked training images
+        self.clock, self.start = clock, clock()
+        self.steps = self.timed_steps = 0
+        self.timed_seconds = self.timed_work = self.timed_images = 0.0  # after the warm-up
 
-    def step(self, done: int, seconds: float, images: int) -> None:
-        if not self.enabled or done != self.after:
+    def step(self, seconds: float, images: int) -> None:
+        """One training step of `images` that took `seconds`; says the estimate once they are enough."""
+        if not self.enabled:
+            return
+        epoch = min(self.steps // self.steps_per_epoch, len(self.costs) - 1)  # of this process's epochs
+        cost = self.costs[epoch]
+        self.steps += 1
+        self.work_left -= cost
+        if self.steps <= self.warmup:
+            return
+        self.timed_steps += 1
+        self.timed_seconds += seconds
+        self.timed_work += cost
+        self.timed_images += images * cost
+        if self.timed_steps < self.min_steps or self.timed_seconds < self.min_seconds:
             return
         self.enabled = False
-        per_step, per_image = seconds / done, seconds / max(images, 1)
-        left = per_step * (self.units - done) + per_image * self.eval_tokens * self.eval_images
-        print(f"estimate: the rest of this run ({self.epochs} epoch(s), {self.evals} evaluation(s)) takes about "
-              f"{_duration(seconds + left)}", file=sys.stderr, flush=True)
+        eval_images = sum(n for after, n in self.evals if after > epoch)  # this epoch's evaluation is to come
+        left = (self.timed_seconds * max(self.work_left, 0.0) / self.timed_work
+                + self.timed_seconds / self.timed_images * self.eval_cost * eval_images)
+        print(f"estimate: the rest of this run ({len(self.costs)} epoch(s), {len(self.evals)} evaluation(s)) takes "
+              f"about {_duration(self.clock() - self.start + left)} in all, {_duration(left)} from now",
+              file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -187,7 +210,7 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, cfg: T
     data.train.set_epoch(epoch)
     sums = torch.zeros(3, device=rt.device)  # loss * n, correct, n
     progress = Progress(len(data.train), f"epoch {epoch + 1}", rt.main)
-    start = time.perf_counter()
+    start = step_end = time.perf_counter()
     for i, (x, y) in enumerate(data.train):
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         inputs, targets = data.prepare_train(x, y, generator)
@@ -214,7 +237,9 @@ def train_epoch(model: nn.Module, data: Data, opt: torch.optim.Optimizer, cfg: T
             ema.update(step)
         step += 1
         if estimate is not None:
-            estimate.step(i + 1, time.perf_counter() - start, (i + 1) * len(inputs))
+            now = time.perf_counter()
+            estimate.step(now - step_end, len(inputs))
+            step_end = now
         if progress.due(i + 1):
             mean_loss = (sums[0] / sums[2]).item()
             if not math.isfinite(mean_loss):
@@ -358,8 +383,11 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
             net = torch.compile(net)
         steps_per_epoch, num_classes = len(data.train), len(data.classes)
         total_steps, warmup_steps = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+        if epoch > cfg.epochs:  # results.json would claim the run trained cfg.epochs
+            raise VitError(f"--epochs {cfg.epochs}: the run in {out} has trained {epoch} epochs already; resume it "
+                           f"with --epochs {epoch} or more")
         if rt.main:
-            write_json(out / "args.json", {"command": sys.argv, "config": asdict(cfg), "model": asdict(model.cfg)})
+            record_run(out, asdict(cfg), asdict(model.cfg), data.classes, resumed=resume_from is not None)
         estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
         best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
         run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None

@@ -5,7 +5,8 @@
 Preprocessing is timm's evaluation transform for these weights: resize the shorter side to
 img_size / 0.9 (bicubic), centre crop img_size, normalise with mean = std = 0.5 per channel (our own
 checkpoints: the 'mean'/'std' saved in their metadata, if any). Class names come from the checkpoint
-(our 'classes' metadata, a Hugging Face config.json's id2label), else "class N".
+(our 'classes' metadata, a Hugging Face config.json's id2label), else "class N". Every image that
+can be read is classified; the others are named at the end, in one error line (exit 1).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 
 from vit.augment import eval_transform
 from vit.cli import run_cli
-from vit.data import open_image
+from vit.data import read_image
 from vit.formats import VitError
 from vit.weights import describe, load_checkpoint, saved_normalisation
 
@@ -46,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # a mistyped name or a folder is found before the (slower) model load, and does not stop the others
+    problems = {p: f"{p}: a folder, not an image file" if Path(p).is_dir() else f"{p}: no such image file"
+                for p in args.images if not Path(p).is_file()}
+    readable = [p for p in args.images if p not in problems]
+    if not readable:
+        raise VitError(unreadable(args.images, problems))
     try:
-        for path in args.images:  # catch a mistyped name before the (slower) model load
-            if not Path(path).is_file():
-                raise VitError(f"{path}: no such image file")
         model, info = load_checkpoint(args.checkpoint, img_size=args.img_size)
         cfg = model.cfg
         if cfg.num_classes == 0:
@@ -63,10 +67,17 @@ def main(argv: list[str] | None = None) -> None:
         mode = "L" if cfg.in_chans == 1 else "RGB"
         k = min(args.top_k, cfg.num_classes)
         model.eval()
-        for start in range(0, len(args.images), BATCH):
-            paths = args.images[start:start + BATCH]
-            x = torch.stack([transform(open_image(p).convert(mode), generator)[:cfg.in_chans]
-                             for p in paths])  # B x (C, H, W) -> (B, C, H, W)
+        for start in range(0, len(readable), BATCH):
+            paths, inputs = [], []
+            for path in readable[start:start + BATCH]:
+                try:
+                    inputs.append(transform(read_image(path, mode), generator)[:cfg.in_chans])
+                    paths.append(path)
+                except VitError as e:  # named at the end, after every image that can be read
+                    problems[path] = str(e)
+            if not inputs:
+                continue
+            x = torch.stack(inputs)  # B x (C, H, W) -> (B, C, H, W)
             with torch.no_grad():
                 probs = model(x).softmax(dim=-1)  # (B, num_classes)
             top_p, top_i = probs.topk(k, dim=-1)  # (B, k) each
@@ -76,6 +87,18 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {100 * p:6.2f}%  {names[i]}")
     except OSError as e:  # unreadable (permissions, I/O): a message, like every other bad file
         raise VitError(str(e)) from None
+    if problems:
+        raise VitError(unreadable(args.images, problems))
+
+
+def unreadable(images: list[str], problems: dict[str, str]) -> str:
+    """The error line for the images that could not be classified (`problems`: image -> why), in the
+    order given: the reason alone for a single image, else how many and each reason."""
+    given = list(dict.fromkeys(images))
+    failed = [problems[p] for p in given if p in problems]
+    if len(given) == 1:
+        return failed[0]
+    return f"{len(failed)} of {len(given)} images could not be classified: " + "; ".join(failed)
 
 
 if __name__ == "__main__":

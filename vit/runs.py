@@ -2,7 +2,10 @@
 
 Files in the output folder (each written to a temporary name and renamed, so a killed run never
 leaves a half-written one under its real name):
-  args.json         the command line, the run config (TrainConfig) and the model config
+  args.json         the run's record: the command line, the run config (TrainConfig), the model config
+                    and the classes it started with; each resume that changed a setting (train.py and
+                    finetune.py allow the RESUMABLE ones only) adds its command line and the changes,
+                    [before, after], under "resumes"
   state.pt          resume state: model, optimizer, epoch, step, metric history and, with --ema, the
                     averaged weights (tensors and plain containers only: torch.load(weights_only=True))
   state.prev.pt     the resume state before it, which --resume auto falls back to if state.pt is
@@ -40,6 +43,9 @@ STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
 # what makes a folder "hold a run" (a fresh start would replace it), then the rest --overwrite removes
 RUN_OUTPUTS = (STATE_FILE, PREV_STATE_FILE, "last.safetensors", "best.safetensors", "results.json")
 RUN_FILES = RUN_OUTPUTS + ("metrics.csv", "curves.png", "confusion.png", "args.json", STATE_FILE + ".next")
+# The run config fields a resume may change: how long the run trains, when it evaluates and saves, and the
+# final evaluation's views. Everything else would make the record (and the run) a mix of two settings.
+RESUMABLE = ("epochs", "eval_every", "save_every", "tta")
 
 
 def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: int,
@@ -339,3 +345,56 @@ def write_results(out: Path, results: dict, classes: list[str]) -> None:
 def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "pillow": PIL.__version__}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run's record: what it trains with
+
+
+def read_record(folder: Path) -> dict | None:
+    """The record (args.json) of the run in `folder`, or None if there is none or it is not one."""
+    try:
+        record = json.loads((folder / "args.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
+            and isinstance(record.get("model"), dict) and isinstance(record.get("resumes", []), list)
+            and all(_is_resume(r) for r in record.get("resumes", []))):
+        return None
+    return record
+
+
+def _is_resume(entry: object) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("changes"), dict) and all(
+        isinstance(change, list) and len(change) == 2 for change in entry["changes"].values())
+
+
+def _settings(config: dict, model: dict, classes: list[str] | None) -> dict[str, object]:
+    """A run's settings by one name each: 'config.<field>', 'model.<field>' and 'classes'."""
+    flat = {**{f"config.{k}": v for k, v in config.items()}, **{f"model.{k}": v for k, v in model.items()}}
+    return flat if classes is None else {**flat, "classes": classes}
+
+
+def changed_settings(record: dict, config: dict, model: dict, classes: list[str]) -> dict[str, list]:
+    """The settings that differ from those the run in `record` trains with now (its start's, with its
+    resumes' changes applied): name -> [the run's value, this one]. A setting the record lacks (an
+    older record without the classes) is not compared."""
+    saved = _settings(record["config"], record["model"], record.get("classes"))
+    for resume in record.get("resumes", []):
+        saved.update({name: change[-1] for name, change in resume["changes"].items()})
+    now = _settings(config, model, classes)
+    return {name: [saved[name], value] for name, value in now.items() if name in saved and saved[name] != value}
+
+
+def record_run(folder: Path, config: dict, model: dict, classes: list[str], resumed: bool) -> None:
+    """Writes the run's record (args.json, see the module docstring): afresh at a start (or when a resumed
+    run has no readable one); on a resume, the record kept as it is and, if this command changed a
+    setting, its command line and changes added, so that the record stays true of the whole run."""
+    record = read_record(folder) if resumed else None
+    if record is None:
+        write_json(folder / "args.json", {"command": sys.argv, "config": config, "model": model, "classes": classes})
+        return
+    changes = changed_settings(record, config, model, classes)
+    if changes:
+        record["resumes"] = [*record.get("resumes", []), {"command": sys.argv, "changes": changes}]
+        write_json(folder / "args.json", record)

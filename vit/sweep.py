@@ -11,9 +11,13 @@ on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `train.mai
 script's own code path) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep
 runs seed 0 of every configuration first, then seed 1, and so on.
 
-Re-running the same command resumes: a run whose results.json exists is skipped, an interrupted
-one continues from its state.pt. A run that fails (a bad flag combination, a bad file, a diverged
-loss, any exception) is recorded with its error message and the sweep goes on.
+Re-running the same command resumes: a finished run (its results.json) made with the same flags is
+skipped, an interrupted one continues from its state.pt. "The same" is by the run's record (its
+args.json), in every flag but the system ones (--device, --threads, ...): a run made with other flags
+goes to the script's --resume, which continues it when only --epochs or the evaluation differ and
+otherwise refuses, naming them (use another --output for other settings). A run that fails (a bad
+flag combination, a bad file, a diverged loss, any exception) is recorded with its error message and
+the sweep goes on; the command then exits with status 1.
 
 Files in --output (default sweeps/<data>-<axis>-<axis>...):
   <config>-seed<k>/  the run's outputs (args.json, checkpoints, curves.png, metrics.csv, results.json, ...)
@@ -48,8 +52,9 @@ from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
 from vit import plot
-from vit.cli import run_cli
+from vit.cli import SYSTEM_FLAGS, run_cli
 from vit.formats import VitError, atomic_write, write_csv
+from vit.runs import read_record
 
 # Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
 RESERVED = {"output": "each run gets its own folder under the sweep's --output",
@@ -57,6 +62,9 @@ RESERVED = {"output": "each run gets its own folder under the sweep's --output",
             "seed": "use the sweep's --seeds N (runs seeds 0 .. N-1)",
             "eval_only": "a sweep trains",
             "help": "not a training option"}
+# Options that change where and how fast a run computes, not what, and those the sweep sets: a finished run
+# made with other values of these is still the same run
+NOT_SETTINGS = {*SYSTEM_FLAGS, "output", "resume", "overwrite", "eval_only", "print_config"}
 SWITCH_VALUES = {"true": True, "yes": True, "on": True, "1": True,
                  "false": False, "no": False, "off": False, "0": False}
 RESULT_COLUMNS = ["seed", "status", "test_acc", "params", "train_seconds", "train_img_per_s", "output", "error"]
@@ -256,11 +264,36 @@ def _result_fields(results: dict) -> dict[str, object]:
             "train_seconds": results["train_seconds"], "train_img_per_s": results["train_img_per_s"], "error": ""}
 
 
+def finished_before(out: Path, argv: list[str], script: str = "train") -> bool:
+    """Whether `out` holds a finished run (its results.json) made with the flags `argv`: those of the last
+    command line in its record (its start's, or its last resume's that changed a setting) and `argv`'s
+    agree in every option but NOT_SETTINGS."""
+    record = read_record(out)
+    if record is None or not (out / "results.json").exists():
+        return False
+    command = (record.get("resumes") or [record])[-1].get("command")
+    then = _run_settings(command[1:], script) if isinstance(command, list) else None
+    return then is not None and then == _run_settings(argv, script)
+
+
+def _run_settings(argv: Sequence[object], script: str) -> tuple[dict, list[str]] | None:
+    """The script's options as `argv` sets them (parsed, so 1e-3 is 0.001) but NOT_SETTINGS, and the
+    tokens it does not know; None if its parser refuses `argv` (a record of another version of it)."""
+    parser = train_parser(script)
+    parser.exit_on_error = False
+    try:
+        known, unknown = parser.parse_known_args([str(token) for token in argv])
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    return {k: v for k, v in vars(known).items() if k not in NOT_SETTINGS}, unknown
+
+
 def train_run(argv: list[str], out: Path, script: str = "train") -> dict[str, object]:
     """One run, `<script>.main(argv + --output out --resume auto)` in this process, or its saved results
-    when out/results.json exists. Returns the sweep.csv fields status..error (not seed and output)."""
+    when it finished with these flags (`finished_before`). Returns the sweep.csv fields status..error
+    (not seed and output)."""
     finished = out / "results.json"
-    if finished.exists():
+    if finished_before(out, argv, script):
         try:
             return _result_fields(json.loads(finished.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -291,10 +324,10 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, 
     for seed in range(seeds):
         for config in configs:
             out = output / f"{config_slug(config)}-seed{seed}"
-            skipped = (out / "results.json").exists()
+            argv = [*fixed, *config_argv(axes, config), "--seed", str(seed)]
+            skipped = finished_before(out, argv, script)
             start = time.perf_counter()
-            row = {**config, "seed": seed, **train_run([*fixed, *config_argv(axes, config), "--seed", str(seed)], out, script),
-                   "output": str(out)}
+            row = {**config, "seed": seed, **train_run(argv, out, script), "output": str(out)}
             rows.append(row)
             # sweep.csv: the axis columns, then RESULT_COLUMNS; test_acc a fraction, as in results.json
             write_csv(output / "sweep.csv", [*(a.name for a in axes), *RESULT_COLUMNS], rows)
@@ -492,5 +525,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def exit_if_failed(rows: Sequence[dict]) -> None:
+    """A VitError (exit 1) when any of these runs failed, as a failed training script exits: a script
+    running the command must not read success. The reports name each failed run and its error."""
+    failed = sum(r["status"] != "ok" for r in rows)
+    if failed:
+        raise VitError(f"{failed} of {len(rows)} runs failed")
+
+
+def run_command(argv: list[str] | None = None) -> None:
+    """python -m vit.sweep: main(), then exit 1 if any run failed."""
+    exit_if_failed(main(argv))
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(run_command)

@@ -20,7 +20,8 @@ path, as vit.sweep runs them):
    flip), as train.py's folder recipe does.
 
 Re-running the same command resumes: finished runs are skipped (vit.sweep.train_run); another command
-into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. Writes in OUTPUT:
+into the same OUTPUT (more levels, other rates) reuses the pre-training and adds its rows. A failed run
+is recorded and the others go on; the command then exits with status 1. Writes in OUTPUT:
   transfer.csv   one row per run: N, method, seed, status, accuracy, single-view accuracy, seconds, command
   transfer.md    per N and method: accuracy mean ± std over seeds, and the training seconds until the
                  single-view accuracy first reached the scratch runs' mean final one
@@ -41,9 +42,11 @@ from pathlib import Path
 
 from vit import plot
 from vit.cli import run_cli
+from vit.config import ConfigError
 from vit.data import find_classes, split_folders
 from vit.formats import VitError, atomic_write, write_csv
-from vit.sweep import mean_std, train_run
+from vit.recipes import RECIPES
+from vit.sweep import exit_if_failed, mean_std, train_run
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
 VEHICLES = ("airplane", "automobile", "ship", "truck")
@@ -202,17 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", default="3e-3", help="learning rate of the head-only runs")
     p.add_argument("--no-head", action="store_true", help="leave out the head-only runs")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning runs per method, seeds 0 .. N-1")
-    p.add_argument("--threads", help="torch CPU threads of every run (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of every run (default: torch's choice)")
     return p
 
 
-def _numbers(p: argparse.ArgumentParser, flag: str, text: str, kind: type) -> list[str]:
+def _numbers(p: argparse.ArgumentParser, flag: str, text: str, kind: type, field: str | None = None) -> list[str]:
+    """The comma-separated values of `flag`, each a `kind` and, with `field`, one that finetune.py's
+    config takes for that field (its own check, so nothing it would refuse starts a run), else > 0;
+    each value once (a repeat would run the same runs twice)."""
     values = [t.strip() for t in text.split(",")]
     try:
-        if any(kind(v) <= 0 for v in values):
-            raise ValueError
+        numbers = [kind(v) for v in values]
     except ValueError:
-        p.error(f"{flag} {text!r}: expected comma-separated numbers > 0")
+        p.error(f"{flag} {text!r}: expected comma-separated numbers")
+    for value, number in zip(values, numbers):
+        if field is None and number <= 0:
+            p.error(f"{flag} {value}: must be > 0")
+        if field is not None:
+            try:
+                RECIPES["finetune"].replace(**{field: number})
+            except ConfigError as e:
+                p.error(f"{flag} {value}: {e.problem}")
+    repeated = [v for v, n in zip(values, numbers) if numbers.count(n) > 1]
+    if repeated:
+        p.error(f"{flag} {text!r}: {repeated[0]} is given more than once")
     return values
 
 
@@ -220,14 +236,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = build_parser()
     args = p.parse_args(argv)
     levels = [int(v) for v in _numbers(p, "--per-class", args.per_class, int)]
-    lrs = _numbers(p, "--lrs", args.lrs, float)
-    layer_decays = _numbers(p, "--layer-decays", args.layer_decays, float)
-    _numbers(p, "--head-lr", args.head_lr, float)
+    lrs = _numbers(p, "--lrs", args.lrs, float, "lr")
+    layer_decays = _numbers(p, "--layer-decays", args.layer_decays, float, "layer_decay")
+    _numbers(p, "--head-lr", args.head_lr, float, "lr")
     if args.pretrain_epochs < 1 or args.seeds < 1:
         p.error("--pretrain-epochs and --seeds must be >= 1")
-    command = "python -m vit.transfer " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    command = command_line(argv)
     folders, counts = build_folders(args.data, args.output, levels)
-    system = ["--threads", args.threads] if args.threads else []
+    system = ["--threads", str(args.threads)] if args.threads else []
 
     pretrain_out = args.output / "pretrain-animals"
     pre = train_run(["--data", str(folders["animals"]), "--img-size", str(IMG_SIZE), "--epochs",
@@ -286,5 +304,17 @@ def _write(out: Path, rows: list[dict], markdown: str) -> None:
             chart(out / f"chart_{n}.png", rows, n)
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """This command as typed, which each of its rows records."""
+    return "python -m vit.transfer " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def run_command(argv: list[str] | None = None) -> None:
+    """python -m vit.transfer: main(), then exit 1 if any run of this command failed (the rows of
+    other commands into the same --output, kept in its reports, do not count)."""
+    command = command_line(argv)
+    exit_if_failed([r for r in main(argv) if r["command"] == command])
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(run_command)

@@ -38,7 +38,7 @@ from vit.data import TENSOR_DATASETS, load_tensor_dataset
 from vit.cli import run_cli
 from vit.formats import VitError
 from vit.model import VisionTransformer
-from vit.data import open_image
+from vit.data import read_image
 from vit.predict import CROP_PCT
 from vit.weights import load_checkpoint, saved_normalisation
 
@@ -107,7 +107,7 @@ def load_input(args: argparse.Namespace, model: VisionTransformer, info: dict
         label = ds.classes[int(ds.test_y[args.index])]
     else:
         mean, std = saved_normalisation(info["layout"], info["metadata"], cfg.in_chans)
-        img = open_image(args.image).convert("L" if cfg.in_chans == 1 else "RGB")
+        img = read_image(args.image, "L" if cfg.in_chans == 1 else "RGB")
         if cfg.img_size <= SMALL_MODEL:
             pixels = torch.from_numpy(np.array(img.resize((cfg.img_size, cfg.img_size), Image.BICUBIC)))
             pixels = pixels.reshape(cfg.img_size, cfg.img_size, -1).permute(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
