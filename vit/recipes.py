@@ -36,9 +36,10 @@ RECIPES: dict[str, TrainConfig] = {
     "finetune": TrainConfig(epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, weight_decay=0.05, smoothing=0.1,
                             aug="rrc", drop_path=0.1, layer_decay=0.75),
     # The linear probe (finetune.py --freeze): a zero-initialised head on cached features (vit.probe), at a
-    # head's learning rate (3e-3 was the best of those tried on the CIFAR-10 transfer task, README). An epoch
-    # takes milliseconds and writing a ViT-B/16 a second, so the resume state is written once, at the end.
-    "probe": TrainConfig(epochs=20, batch_size=64, lr=3e-3, warmup_epochs=1, weight_decay=0.0, smoothing=0.1,
+    # head's learning rate (on the CIFAR-10 transfer task at 1,000 per class, seed 0: 64.18 / 66.83 / 68.42%
+    # at 1e-3 / 3e-3 / 1e-2, README). An epoch takes milliseconds and writing a ViT-B/16 about a second, so
+    # the resume state is written once, at the end.
+    "probe": TrainConfig(epochs=20, batch_size=64, lr=1e-2, warmup_epochs=1, weight_decay=0.0, smoothing=0.1,
                          aug="none", save_every=20),
 }
 
