@@ -121,7 +121,8 @@ class Progress:
         self.last = now
         rate = images / max(now - self.start, 1e-9)
         eta = (now - self.start) / done * (self.total - done)
-        text = f"{self.desc} {done}/{self.total}{'' if loss is None else f' loss {loss:.4f}'} {rate:.1f} img/s ETA {eta:.0f}s"
+        shown = "" if loss is None else f" loss {loss:.4f}"
+        text = f"{self.desc} {done}/{self.total}{shown} {rate:.1f} img/s ETA {eta:.0f}s"
         if self.tty:
             bar = "#" * int(20 * done / self.total)
             print(f"\r{text} [{bar:<20}]", end="\n" if done == self.total else "", file=sys.stderr, flush=True)
@@ -376,7 +377,8 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         opt = build_optimizer(model, cfg)
         epoch, step, history, ema = _restore(model, opt, cfg, resume_from, fallback, rt)
         scored = model if ema is None else ema.model  # the weights evaluated, saved and reported
-        net = runs_on(model, data)
+        trained, scored_net = runs_on(model, data), runs_on(scored, data)  # what a batch goes through
+        net = trained
         if rt.world_size > 1:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         if rt.compile:
@@ -400,13 +402,13 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                 evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
                 if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
                     tta = cfg.tta if epoch == cfg.epochs else "none"
-                    result = evaluate(runs_on(scored, data), data.val, data.prepare_eval, num_classes, rt, tta)
+                    result = evaluate(scored_net, data.val, data.prepare_eval, num_classes, rt, tta)
                     history[-1].update(val_loss=result.get("single_loss", result["loss"]),
                                        val_acc=result.get("single_acc", result["acc"]))
                     if tta != "none":
                         history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
                 if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
-                    raw = evaluate(runs_on(model, data), data.val, data.prepare_eval, num_classes, rt)
+                    raw = evaluate(trained, data.val, data.prepare_eval, num_classes, rt)
                     history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
                 if rt.main:
                     print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
@@ -419,7 +421,7 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                         saved = epoch
                     write_metrics(out, history, data.split)
             if result is None:  # resumed a finished run: evaluate what it left
-                result = evaluate(runs_on(scored, data), data.val, data.prepare_eval, num_classes, rt, cfg.tta)
+                result = evaluate(scored_net, data.val, data.prepare_eval, num_classes, rt, cfg.tta)
             results = _final(result, history, data, model, cfg, rt, best, time.perf_counter() - run_start)
             if rt.main:
                 write_results(out, results, data.classes)

@@ -65,19 +65,19 @@ def feature_data(root: str | Path, model: VisionTransformer, cfg: TrainConfig, i
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
     per_process = cfg.batch_size // rt.world_size
     # every process reads every image (no shard): each needs all the features
-    loader = dict(batch_size=per_process, shuffle=False, drop_last=False, workers=rt.workers,
-                  pin_memory=rt.device.type == "cuda")
+    in_order = dict(batch_size=per_process, shuffle=False, drop_last=False, workers=rt.workers,
+                    pin_memory=rt.device.type == "cuda")
     start = time.perf_counter()
-    train_f, train_y = extract_features(model, FolderLoader(ImageFolderDataset(train_samples, eval_tf), **loader),
+    train_f, train_y = extract_features(model, FolderLoader(ImageFolderDataset(train_samples, eval_tf), **in_order),
                                         rt, "caching train features")
     if views > 1:
         augmented = ImageFolderDataset(train_samples, train_transform(img_size, mean, std, cfg.jitter,
                                                                        interpolation=interp), seed=cfg.seed)
         for view in range(1, views):
             augmented.set_epoch(view)  # view v of image i is seeded by (seed, v, i)
-            f, y = extract_features(model, FolderLoader(augmented, **loader), rt, f"caching train view {view + 1}")
+            f, y = extract_features(model, FolderLoader(augmented, **in_order), rt, f"caching train view {view + 1}")
             train_f, train_y = torch.cat([train_f, f]), torch.cat([train_y, y])
-    val_f, val_y = extract_features(model, FolderLoader(ImageFolderDataset(val_samples, eval_tf), **loader), rt,
+    val_f, val_y = extract_features(model, FolderLoader(ImageFolderDataset(val_samples, eval_tf), **in_order), rt,
                                     "caching val features")
     if rt.main:
         images = len(train_samples) * views + len(val_samples)

@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", default="100,1000", help="comma-separated N: vehicle training images per class")
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="fine-tuning learning rates (all weights)")
     p.add_argument("--layer-decays", default="0.75,1", help="layer-wise lr decays (1 = off), each with every lr")
-    p.add_argument("--head-lr", default="3e-3", help="learning rate of the head-only runs")
-    p.add_argument("--no-head", action="store_true", help="leave out the head-only runs")
+    p.add_argument("--head-lr", default="3e-3", help="learning rate of the linear-probe runs (the head on cached features)")
+    p.add_argument("--no-head", action="store_true", help="leave out the linear-probe runs")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning runs per method, seeds 0 .. N-1")
     p.add_argument("--threads", type=int, help="torch CPU threads of every run (default: torch's choice)")
     return p
