@@ -1,13 +1,35 @@
 """What several test files share: tiny datasets the tests write themselves, and a guard on Pillow's
 resize (pytest puts tests/ on sys.path: no __init__.py there)."""
 
+import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vit.formats import write_idx
+
+# IDX type codes of the dtypes the tests write (big-endian on disk)
+IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """`array` as an IDX file (MNIST's format: 0, 0, type code, dims, big-endian sizes, data), gzipped if `compress`."""
+    array = np.asarray(array)
+    dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+    body = bytes([0, 0, IDX_CODES[dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body += np.ascontiguousarray(array, dtype=dtype).tobytes()
+    Path(path).write_bytes(gzip.compress(body, mtime=0) if compress else body)
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """uint8 images (N, 3, 32, 32) and labels (N,) as CIFAR-10 binary records: a label byte, then the
+    R, G and B planes."""
+    records = np.concatenate([np.asarray(labels, np.uint8)[:, None], np.asarray(images, np.uint8).reshape(len(images), -1)],
+                             axis=1)  # (N,) + (N, 3, 32, 32) -> (N, 3073)
+    Path(path).write_bytes(records.tobytes())
 
 
 def write_mnist(root: Path, n_train: int = 96, n_test: int = 64) -> Path:

@@ -11,24 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import limit_resizes
 from vit import augment
-from vit.augment import (
-    BATCH_PRESETS,
-    ColorJitter,
-    RandomResizedCrop,
-    ResizeCenterCrop,
-    batch_augment,
-    eval_transform,
-    mixup_cutmix,
-    normalize,
-    random_affine,
-    random_crop,
-    random_flip,
-    random_translate,
-    train_transform,
-    tta_views,
-)
+from vit.augment import (BATCH_PRESETS, ColorJitter, RandomResizedCrop, ResizeCenterCrop, batch_augment, eval_transform,
+                         mixup_cutmix, normalize, random_affine, random_crop, random_flip, train_transform, tta_views)
+from helpers import limit_resizes
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -52,7 +38,6 @@ def find_window(out: torch.Tensor, x: torch.Tensor, pad: int) -> tuple[int, int]
 
 ALL_OPS = {
     "crop": lambda x, g: random_crop(x, 3, g),
-    "translate": lambda x, g: random_translate(x, 2, g),
     "flip": lambda x, g: random_flip(x, g),
     "affine": lambda x, g: random_affine(x, g),
     **{f"preset-{n}": batch_augment(n) for n in BATCH_PRESETS},
@@ -80,10 +65,9 @@ def test_ops_keep_float64_and_low_precision_dtypes() -> None:
     assert torch.allclose(low.double(), random_affine(x, gen()), atol=0.02)
 
 
-def test_crop_padding_zero_is_identity_and_translate_zero_is_identity() -> None:
+def test_crop_padding_zero_is_identity() -> None:
     x = batch()
     assert torch.equal(random_crop(x, 0, gen()), x)
-    assert torch.equal(random_translate(x, 0, gen()), x)
 
 
 @pytest.mark.parametrize("pad", [1, 4])
@@ -93,17 +77,6 @@ def test_crop_is_a_window_of_the_zero_padded_image(pad: int) -> None:
     windows = [find_window(out[b], x[b], pad) for b in range(len(x))]
     assert all(w is not None for w in windows)
     assert len(set(windows)) > 5  # offsets differ between images
-
-
-def test_translate_is_a_shift_with_zero_fill() -> None:
-    x = batch(B=32, H=8, W=8) + 0.5  # no zeros inside, so the fill is visible
-    out = random_translate(x, 2, gen(4))
-    for b in range(len(x)):
-        dy, dx = find_window(out[b], x[b], 2)
-        sy, sx = dy - 2, dx - 2  # out[i, j] = x[i + sy, j + sx]
-        assert sy in range(-2, 3) and sx in range(-2, 3)
-        zero_rows = out[b, :, :, :].eq(0).all(dim=(0, 2)).sum().item()
-        assert zero_rows == abs(sy)
 
 
 def test_flip_twice_with_same_state_is_identity_and_p1_flips_all() -> None:

@@ -2,6 +2,8 @@
 
 import re
 
+import torch
+
 from vit.bench import _step_rate, embed_flops, main, vit_flops
 from vit.model import PRESETS, ViTConfig
 
@@ -29,9 +31,18 @@ def test_embedding_flops_count_the_real_layers():
     assert embed_flops(ViTConfig(**{**PRESETS["cifar10"], "patch_embed": "stem"})) == stem
 
 
-def test_step_rate_runs_a_training_step():
+def test_step_rate_times_real_optimizer_steps(monkeypatch):
+    import vit.bench as bench
     cfg = ViTConfig(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=1, num_heads=2)
-    assert _step_rate(cfg, batch=4, steps=1, train=True) > 0
+    steps = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+    monkeypatch.setattr(bench, "_best_times", lambda fns, repeat: [fn() or 0.5 for fn in fns])  # each 'takes' 0.5 s
+    assert _step_rate(cfg, batch=4, steps=3, train=True) == 4 * 3 / 0.5  # images of the timed steps / seconds
+    assert len(steps) == 1 + 3  # one untimed warm-up step, then the timed ones: each a real AdamW step
+    steps.clear()
+    assert _step_rate(cfg, batch=4, steps=3, train=False) == 4 * 3 / 0.5
+    assert steps == []  # inference: forwards only
 
 
 def test_model_benchmark_prints_a_table(capsys, monkeypatch):

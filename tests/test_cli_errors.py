@@ -14,13 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.cli import run_cli
+from vit.errors import run_cli
 from vit.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import finetune  # noqa: E402  (scripts at the repository root)
-import train  # noqa: E402
+from vit import finetune, train  # the commands train.py and finetune.py run
 
 
 def _exit_code(main: object, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -97,7 +95,7 @@ def _folder(root: Path) -> Path:
 def test_train_folder_only_and_tensor_only_flags(tmp_path, capsys):
     folder = _folder(tmp_path / "folder")
     code, err = _exit_code(train.main, ["--data", str(folder), "--aug", "rotate"], capsys)
-    assert code == 2 and "--aug 'rotate' is not available for folder data; choose from rrc, none, mnist" in err
+    assert code == 2 and "--aug 'rotate' is not available for an image folder; choose from rrc, resize, none, mnist" in err
 
 
 @pytest.mark.parametrize("argv, flag", NUMERIC_FLAGS_TRAIN)
@@ -153,7 +151,7 @@ FINETUNE_REFUSED = [
     (["--layer-decay", "nan"], "--layer-decay must be in (0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
     (["--patch", "stem"], "argument --patch: invalid choice: 'stem'"),
-    (["--aug", "mnist"], "argument --aug: invalid choice: 'mnist'"),
+    (["--aug", "rotate"], "argument --aug: invalid choice: 'rotate'"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--batch-size", "8", "--accum-steps", "3"], "--batch-size 8 must be divisible by --accum-steps"),
     (["--img-size", "big"], "argument --img-size: invalid int value: 'big'"),

@@ -14,14 +14,11 @@ import pytest
 from PIL import Image
 
 from vit import engine
-from vit.cli import run_cli
-from vit.formats import VitError
+from vit.errors import VitError, run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import finetune  # noqa: E402  (scripts at the repository root)
-import train  # noqa: E402
+from vit import finetune, train  # the commands train.py and finetune.py run
 
 TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
 

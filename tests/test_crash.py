@@ -22,13 +22,12 @@ import pytest
 import torch
 
 from vit import engine, runs
-from vit.cli import run_cli
-from vit.formats import VitError, read_safetensors
+from vit.errors import VitError, run_cli
+from vit.formats import read_safetensors
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (a script at the repository root)
+from vit import train  # the command train.py runs
 
 FAST_KILLS = 2  # kill points in the default run (each costs one process start, ~3-5 s here)
 SLOW_KILLS = 24  # kill points under -m slow

@@ -12,11 +12,16 @@ import torch
 from PIL import Image
 
 import vit.data as data
+import vit.datasets as datasets
+import vit.folders as folders
 from vit.config import TrainConfig
-from vit.data import (ImageFolderDataset, TensorLoader, find_classes, folder_splits,
-                      load_tensor_dataset)
+from vit.data import TensorLoader
+from vit.datasets import load_tensor_dataset
 from vit.download import md5_file
-from vit.formats import VitError, write_cifar_batch, write_idx
+from vit.errors import VitError
+from vit.folders import ImageFolderDataset, find_classes, folder_splits
+from vit.recipes import RECIPES
+from helpers import write_cifar_batch, write_idx, write_scenes
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -44,7 +49,7 @@ def _write_mnist(folder: Path, n_train: int = 7, n_test: int = 3, gz=(False, Tru
 
 @pytest.mark.parametrize("gz", [(False,) * 4, (True,) * 4, (False, True, True, False)])
 def test_mnist_tiny_loads_raw_and_gz(tmp_path, monkeypatch, gz):
-    monkeypatch.setattr(data, "download_file", _no_network)
+    monkeypatch.setattr(datasets, "download_file", _no_network)
     train_x, train_y, test_x, test_y = _write_mnist(tmp_path / "mnist", gz=gz)
     ds = load_tensor_dataset("mnist", tmp_path)
     assert ds.train_x.shape == (7, 1, 28, 28) and ds.train_x.dtype == torch.uint8
@@ -93,7 +98,7 @@ def test_mnist_wrong_shape_or_dtype(tmp_path):
 
 
 def test_present_but_corrupt_file_is_an_error_not_a_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_file", _no_network)
+    monkeypatch.setattr(datasets, "download_file", _no_network)
     folder = tmp_path / "mnist"
     _write_mnist(folder, gz=(False,) * 4)
     (folder / "train-images-idx3-ubyte").write_bytes(b"<html>not an idx file</html>")
@@ -102,7 +107,7 @@ def test_present_but_corrupt_file_is_an_error_not_a_download(tmp_path, monkeypat
 
 
 def test_no_download_lists_exact_missing_paths_and_urls(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_file", _no_network)
+    monkeypatch.setattr(datasets, "download_file", _no_network)
     folder = tmp_path / "mnist"
     _write_mnist(folder, gz=(False,) * 4)
     (folder / "train-images-idx3-ubyte").unlink()
@@ -122,7 +127,7 @@ def test_without_network_one_message_names_every_missing_file(tmp_path, monkeypa
     def offline(urls, dest, md5, size, **kwargs):
         raise VitError(f"{urls[0]}: network unreachable")
 
-    monkeypatch.setattr(data, "download_file", offline)
+    monkeypatch.setattr(datasets, "download_file", offline)
     with pytest.raises(VitError) as info:
         load_tensor_dataset("mnist", tmp_path)  # downloads allowed, but there is no network
     message = str(info.value)
@@ -143,7 +148,7 @@ def test_missing_files_are_downloaded_with_the_published_md5(tmp_path, monkeypat
         dest.write_bytes((source / dest.name).read_bytes())
         return dest
 
-    monkeypatch.setattr(data, "download_file", fake_download)
+    monkeypatch.setattr(datasets, "download_file", fake_download)
     ds = load_tensor_dataset("mnist", tmp_path / "root")
     assert len(ds.train_y) == 7 and len(ds.test_y) == 3
     assert [c[1] for c in calls] == [tmp_path / "root" / "mnist" / f"{n}.gz" for n in IDX_NAMES]
@@ -214,7 +219,7 @@ def test_cifar_download_extracts_only_the_expected_members(tmp_path, monkeypatch
         dest.write_bytes(archive.read_bytes())
         return dest
 
-    monkeypatch.setattr(data, "download_file", fake_download)
+    monkeypatch.setattr(datasets, "download_file", fake_download)
     ds = load_tensor_dataset("cifar10", tmp_path / "root")
     assert len(ds.train_y) == 20 and len(ds.test_y) == 4
     assert calls == [(["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"], "c32a1d4ab5d03f1284b67883e8d87530",
@@ -224,7 +229,7 @@ def test_cifar_download_extracts_only_the_expected_members(tmp_path, monkeypatch
 
 
 def test_cifar_hand_placed_archive_is_md5_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_file", _no_network)
+    monkeypatch.setattr(datasets, "download_file", _no_network)
     archive = _cifar_tarball(tmp_path)
     (tmp_path / "root" / "cifar10").mkdir(parents=True)
     placed = tmp_path / "root" / "cifar10" / "cifar-10-binary.tar.gz"
@@ -232,14 +237,14 @@ def test_cifar_hand_placed_archive_is_md5_checked(tmp_path, monkeypatch):
     with pytest.raises(VitError, match=r"cifar-10-binary\.tar\.gz: md5 is not c32a1d4ab5d03f1284b67883e8d87530"):
         load_tensor_dataset("cifar10", tmp_path / "root", download=False)
     # With the archive's own md5 as the published one, the same hand-placed file is accepted.
-    source = data._Source(mirrors=("http://127.0.0.1:9/",), md5={"cifar-10-binary.tar.gz": md5_file(placed)},
+    source = datasets._Source(mirrors=("http://127.0.0.1:9/",), md5={"cifar-10-binary.tar.gz": md5_file(placed)},
                           size={"cifar-10-binary.tar.gz": placed.stat().st_size})
-    monkeypatch.setitem(data._SOURCES, "cifar10", source)
+    monkeypatch.setitem(datasets._SOURCES, "cifar10", source)
     assert len(load_tensor_dataset("cifar10", tmp_path / "root", download=False).train_y) == 20
 
 
 def test_cifar_no_download_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_file", _no_network)
+    monkeypatch.setattr(datasets, "download_file", _no_network)
     folder = tmp_path / "cifar10"
     with pytest.raises(VitError) as info:
         load_tensor_dataset("cifar10", tmp_path, download=False)
@@ -254,7 +259,7 @@ def test_cifar_without_network_says_where_to_place_the_archive(tmp_path, monkeyp
     def offline(urls, dest, md5, size, **kwargs):
         raise VitError(f"{urls[0]}: network unreachable")
 
-    monkeypatch.setattr(data, "download_file", offline)
+    monkeypatch.setattr(datasets, "download_file", offline)
     with pytest.raises(VitError) as info:
         load_tensor_dataset("cifar10", tmp_path)
     message = str(info.value)
@@ -569,7 +574,7 @@ def test_pixel_stats_are_the_float_statistics_computed_before():
     x[:, 1] //= 4  # a dark channel
     x[:, 2] = 200  # a flat one: std 0, clamped to 1e-3 as before
     pixels = x.float().div_(255).transpose(0, 1).reshape(3, -1)  # what folder_data computed, 8x the bytes
-    mean, std = data.pixel_stats(x, chunk=5)
+    mean, std = folders.pixel_stats(x, chunk=5)
     np.testing.assert_allclose(mean, pixels.mean(1).tolist(), rtol=1e-6)
     np.testing.assert_allclose(std, pixels.std(1).clamp(min=1e-3).tolist(), rtol=1e-5)
     assert std[2] == 1e-3
@@ -580,7 +585,7 @@ def test_pixel_stats_need_no_float_copy_of_the_set():
     # 60 MB of pixels and 100 MB of address space left: a float copy (240 MB) cannot be made
     code = """
 import resource, torch
-from vit.data import pixel_stats
+from vit.folders import pixel_stats
 x = torch.randint(0, 256, (400, 3, 224, 224), dtype=torch.uint8)
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + 100 * 2**20, resource.RLIM_INFINITY))
@@ -601,25 +606,25 @@ def test_available_memory_is_the_least_of_meminfo_the_cgroup_and_the_address_spa
     (proc / "self").mkdir(parents=True)
     (cgroup / "memory").mkdir(parents=True)
     (proc / "meminfo").write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
-    assert data.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    assert folders.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
     (cgroup / "memory.max").write_text("max\n")  # cgroup v2 without a limit
     (cgroup / "memory.current").write_text("1000\n")
-    assert data.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    assert folders.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
     (cgroup / "memory.max").write_text("3000000000\n")
     (cgroup / "memory.current").write_text("1500000000\n")
     (cgroup / "memory.stat").write_text("anon 1000000000\ninactive_file 400000000\n")  # cache it can drop
-    assert data.available_memory(proc, cgroup) == (1_900_000_000, f"the cgroup limit {cgroup / 'memory.max'} "
+    assert folders.available_memory(proc, cgroup) == (1_900_000_000, f"the cgroup limit {cgroup / 'memory.max'} "
                                                                   "less its use")
     (cgroup / "memory.max").unlink()
     (cgroup / "memory" / "memory.limit_in_bytes").write_text("2000000000\n")  # cgroup v1
     (cgroup / "memory" / "memory.usage_in_bytes").write_text("500000000\n")
-    assert data.available_memory(proc, cgroup)[0] == 1_500_000_000
+    assert folders.available_memory(proc, cgroup)[0] == 1_500_000_000
     (proc / "self" / "limits").write_text("Limit                     Soft Limit           Hard Limit           Units\n"
                                           "Max address space         1000000000           unlimited            bytes\n")
     (proc / "self" / "status").write_text("Name:\tpython\nVmSize:\t  300000 kB\n")
-    assert data.available_memory(proc, cgroup) == (692_800_000, "the address-space limit (ulimit -v) less this "
+    assert folders.available_memory(proc, cgroup) == (692_800_000, "the address-space limit (ulimit -v) less this "
                                                                 "process's size")
-    assert data.available_memory(tmp_path / "none", tmp_path / "none") is None  # not Linux: no check
+    assert folders.available_memory(tmp_path / "none", tmp_path / "none") is None  # not Linux: no check
 
 
 def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
@@ -627,11 +632,10 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
         (tmp_path / "f" / name).mkdir(parents=True)
         for i in range(8):
             Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(tmp_path / "f" / name / f"{i}.png")
-    monkeypatch.setattr(data, "available_memory", lambda: (50_000_000, "MemAvailable"))
-    monkeypatch.setattr(data, "_decode_all", lambda *a: pytest.fail("decoded a folder that cannot be held"))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train  # a script at the repository root
-    from vit.cli import run_cli
+    monkeypatch.setattr(folders, "available_memory", lambda: (50_000_000, "MemAvailable"))
+    monkeypatch.setattr(folders, "decode_all", lambda *a: pytest.fail("decoded a folder that cannot be held"))
+    from vit import train
+    from vit.errors import run_cli
     argv = ["--data", str(tmp_path / "f"), "--img-size", "256", "--batch-size", "2", "--workers", "0"]
     with pytest.raises(SystemExit) as e:  # 16 x 3 x 256 x 256 bytes + 120 x a batch's 2 x 3 x 256 x 256 > 40 MB
         run_cli(lambda: train.main(argv))
@@ -641,5 +645,18 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
         "on batches of 2 about 47.2 MB more: more than 80% of the 50.0 MB available (MemAvailable); use --aug rrc, "
         "which decodes the images batch by batch instead of holding them, or a smaller --img-size or --batch-size")
     monkeypatch.undo()
-    monkeypatch.setattr(data, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
+    monkeypatch.setattr(folders, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
     assert len(data.folder_data(tmp_path / "f", TrainConfig(aug="cifar", batch_size=2), 256).train.x) == 14
+
+
+def test_a_folder_without_augmentation_is_held_in_memory_and_resize_decodes_the_eval_view(tmp_path):
+    root = write_scenes(tmp_path / "scenes", per_class=4)
+    cfg = RECIPES["folder"].replace(batch_size=4)
+    held = data.folder_data(root, cfg.replace(aug="none"), 16)  # 'none' means what it means for MNIST: identity
+    assert isinstance(held.train, TensorLoader)
+    x, y = next(iter(held.train))
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 16, 16)
+    assert torch.equal(held.prepare_train(x, y, torch.Generator())[0], held.prepare_eval(x))
+    per_image = data.folder_data(root, cfg.replace(aug="resize"), 16)  # decoded every epoch, as validation is
+    assert isinstance(per_image.train, data.FolderLoader)
+    assert per_image.train.dataset.transform is per_image.val.dataset.transform

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vit.download import download, extract_tar
-from vit.formats import VitError
+from vit.errors import VitError
 
 PAYLOAD = b"the real archive bytes " * 1000
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -28,11 +28,11 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 
-from vit import data
+from vit import datasets
 from vit import download as download_module
-from vit.data import load_tensor_dataset
+from vit.datasets import load_tensor_dataset
 from vit.download import download, extract_tar
-from vit.formats import VitError
+from vit.errors import VitError
 
 PAYLOAD = b"the real archive bytes " * 2000
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -281,10 +281,10 @@ def test_failed_downloads_leave_nothing_a_later_load_accepts(server, tmp_path, m
              "train-labels-idx1-ubyte.gz": _idx_gz(np.arange(4, dtype=np.uint8)),
              "t10k-images-idx3-ubyte.gz": _idx_gz(np.ones((2, 28, 28), np.uint8)),
              "t10k-labels-idx1-ubyte.gz": _idx_gz(np.arange(2, dtype=np.uint8))}
-    source = data._Source(mirrors=(f"{base}/m1/", f"{base}/m2/"),
+    source = datasets._Source(mirrors=(f"{base}/m1/", f"{base}/m2/"),
                           md5={name: hashlib.md5(content).hexdigest() for name, content in files.items()},
                           size={name: len(content) for name, content in files.items()})
-    monkeypatch.setitem(data._SOURCES, "mnist", source)
+    monkeypatch.setitem(datasets._SOURCES, "mnist", source)
     faults = ["reset mid-file", "cut short", "wrong checksum", "html page with status 200"]
     for i, name in enumerate(files):  # both mirrors of every file fail, each in its own way
         routes[f"/m1/{name}"], routes[f"/m2/{name}"] = FAULTS[faults[i]], FAULTS[faults[-1 - i]]

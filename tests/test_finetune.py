@@ -2,20 +2,17 @@
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from vit.formats import read_safetensors
 from helpers import write_scenes as scenes  # tests/helpers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"
-sys.path.insert(0, str(ROOT))
-import finetune  # noqa: E402  (a script at the repository root)
+from vit import finetune  # the command finetune.py runs
 
 FAST = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--threads", "1", "--warmup-epochs", "0"]
 
@@ -70,7 +67,7 @@ def test_our_own_checkpoint_fine_tunes_on_every_token_with_its_own_normalisation
 
     folder = scenes(tmp_path / "scenes")
     pretrained = tmp_path / "pretrained"
-    import train  # noqa: E402  (a script at the repository root)
+    from vit import train
     train.main(["--data", str(folder), "--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "1",
                 "--heads", "2", "--epochs", "1", "--patch-dropout", "0.5", "--output", str(pretrained)] + FAST[2:])
     rates, real_epoch = [], engine.train_epoch

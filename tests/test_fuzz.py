@@ -46,12 +46,14 @@ import torch
 from PIL import Image
 from torch._utils import ExceptionWrapper
 
-from helpers import limit_resizes
 from vit.augment import eval_transform
-from vit.data import MAX_IMAGE_BYTES, FolderLoader, ImageFolderDataset, find_classes, folder_splits, open_image
-from vit.formats import VitError, read_cifar_batch, read_idx, read_safetensors, write_idx
+from vit.data import FolderLoader
+from vit.errors import VitError
+from vit.folders import ImageFolderDataset, MAX_IMAGE_BYTES, find_classes, folder_splits, open_image
+from vit.formats import read_cifar_batch, read_idx, read_safetensors
 from vit.model import ViTConfig, VisionTransformer
 from vit.weights import load_checkpoint
+from helpers import limit_resizes, write_idx
 
 FORMATS = ("idx", "cifar", "safetensors")
 FAST_CASES = 300  # per format in the default run: 900 cases, a few seconds

@@ -1,7 +1,6 @@
 """bf16 where it pays (vit.runtime.choose_amp): the rule with AMX-BF16 detection mocked both ways,
 the line a run prints, and bf16 logits of a ViT-B/16-shaped model against fp32's."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from helpers import write_mnist  # tests/helpers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "fixtures"
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (a script at the repository root)
+from vit import train  # the command train.py runs
 
 BASE, MNIST = ViTConfig(**PRESETS["vit_base_patch16_224"]), ViTConfig(**PRESETS["mnist"])
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import limit_resizes
 from vit.augment import eval_transform
-from vit.model import ViTConfig, VisionTransformer
-from vit.cli import run_cli
+from vit.errors import run_cli
 from vit.formats import read_safetensors, write_safetensors
+from vit.model import ViTConfig, VisionTransformer
 from vit.predict import main
 from vit.weights import load_checkpoint, save_checkpoint
+from helpers import limit_resizes
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"

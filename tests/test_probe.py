@@ -1,7 +1,6 @@
 """The linear probe on cached features (vit/probe.py, finetune.py --freeze): the same head as the
 uncached probe, augmented views, the flags it refuses, and a checkpoint vit.predict reads."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from helpers import write_scenes  # tests/helpers.py
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_timm.safetensors"  # 32 px, patch 8, width 48, 3 heads
 TIMM = ROOT.parent / "shared" / "fixtures" / "vit_small_fixture_timm.safetensors"  # heads inferable from the file
-sys.path.insert(0, str(ROOT))
-import finetune  # noqa: E402  (a script at the repository root)
+from vit import finetune  # the command finetune.py runs
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -39,8 +37,8 @@ def frozen_tiny() -> torch.nn.Module:
 
 def test_cached_probe_trains_the_same_head_as_the_uncached_one(tmp_path):
     root = write_scenes(tmp_path / "scenes", per_class=12)
-    # aug "none": the uncached probe trains on the eval transform too; no drop-path, so train mode is eval mode
-    cfg = RECIPES["finetune"].replace(epochs=3, batch_size=8, aug="none", drop_path=0.0, warmup_epochs=0, lr=1e-2)
+    # aug "resize": the uncached probe trains on the eval transform too; no drop-path, so train mode is eval mode
+    cfg = RECIPES["finetune"].replace(epochs=3, batch_size=8, aug="resize", drop_path=0.0, warmup_epochs=0, lr=1e-2)
     rt = Runtime(torch.device("cpu"))
     uncached, cached = frozen_tiny(), frozen_tiny()
     images = fit(uncached, folder_data(root, cfg, 32, rt, mean=MEAN, std=STD), cfg, rt=rt, out=tmp_path / "images")

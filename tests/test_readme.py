@@ -11,14 +11,13 @@ import importlib
 import io
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SCRIPTS = {"train.py": "train", "finetune.py": "finetune"}  # repository-root scripts -> module name
+SCRIPTS = {"train.py": "vit.train", "finetune.py": "vit.finetune"}  # the repository-root commands -> their module
 TOOLS = ("predict", "visualize", "sweep", "bench", "transfer")  # python -m vit.<tool>
 SHELL_SEPARATORS = {"&&", "||", ";", "|"}
 NOT_SHELL = {"python", "py", "json", "text", "csv", "diff", "output"}  # fence info strings that are not commands
@@ -113,11 +112,7 @@ COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
 
 def build_parser(entry: str) -> argparse.ArgumentParser:
     """The entry point's own parser: `build_parser()` of train.py, finetune.py or vit.<tool>."""
-    if entry in SCRIPTS.values():
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))  # train.py and finetune.py are scripts at the repository root
-        module = importlib.import_module(entry)
-    elif entry.startswith("vit.") and entry[4:] in TOOLS:
+    if entry in SCRIPTS.values() or entry.startswith("vit.") and entry[4:] in TOOLS:
         module = importlib.import_module(entry)
     else:
         pytest.fail(f"README runs {entry!r}, which is not an entry point of this project "
@@ -152,7 +147,7 @@ def check_sweep(argv: list[str], command: str) -> None:
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = check_parses(build_parser("vit.sweep"), own, command, known=True)
     script = getattr(args, "script", None) or "train"
-    train = build_parser(script)
+    train = build_parser(f"vit.{script}")
     fixed = ((["--data", args.data] if getattr(args, "data", None) else [])
              + (["--epochs", str(args.epochs)] if getattr(args, "epochs", None) else []) + extra)
     check_parses(train, fixed, command)

@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from vit import runs
-from vit.cli import run_cli
-from vit.formats import VitError
+from vit.errors import VitError, run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (a script at the repository root)
+from vit import train  # the command train.py runs
 
 TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1",
         "--tta", "none"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vit import sweep
-from vit.cli import run_cli
+from vit.errors import run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 TINY = ["--data-dir", "DATA", "--no-download", "--embed-dim", "16", "--depth", "1", "--heads", "2",
@@ -195,7 +195,7 @@ def test_curves_average_the_seeds_over_the_epochs_every_run_evaluated(tmp_path):
     def run(name: str, accs: dict[int, float]) -> str:
         folder = tmp_path / name
         folder.mkdir()
-        lines = ["epoch,val_acc"] + [f"{e},{accs[e] if e in accs else ''}" for e in range(1, 4)]
+        lines = ["epoch,eval_acc"] + [f"{e},{accs[e] if e in accs else ''}" for e in range(1, 4)]
         (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
         return str(folder)
 

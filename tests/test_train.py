@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 
 from vit import augment, engine, runtime
-from vit.cli import run_cli
-from vit.formats import read_safetensors, write_cifar_batch
+from vit.errors import run_cli
+from vit.formats import read_safetensors
 from vit.model import PRESETS, ViTConfig
-from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
+from helpers import write_cifar_batch, write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (a script at the repository root)
+from vit import train  # the command train.py runs
 
 TINY = ["--embed-dim", "32", "--depth", "1", "--heads", "2", "--batch-size", "32", "--workers", "0", "--threads", "1"]
 
@@ -129,7 +128,7 @@ def test_ema_run_saves_and_reports_the_average(tmp_path):
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "2", "--ema", "0.9",
                    "--output", str(out)])
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert ",val_loss,val_acc," in header and ",raw_val_loss,raw_val_acc" in header
+    assert ",eval_loss,eval_acc," in header and ",raw_eval_loss,raw_eval_acc" in header
     state = torch.load(out / "state.pt", weights_only=True)
     saved, _ = read_safetensors(out / "last.safetensors")
     for k, v in saved.items():  # the checkpoint holds the average, which differs from the trained weights
@@ -204,11 +203,11 @@ def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path, capsys)
     results = run(["--data", "mnist", "--data-dir", str(data), "--no-download", "--epochs", "3", "--eval-every", "2",
                    "--output", str(out)])
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
-    val_acc, tta_acc = rows[0].index("val_acc"), rows[0].index("tta_val_acc")
-    assert [r[val_acc] != "" for r in rows[1:]] == [False, True, True]
-    # the recipe's --tta shift averages views in the last evaluation only; val_acc stays single-view
+    eval_acc, tta_acc = rows[0].index("eval_acc"), rows[0].index("tta_eval_acc")
+    assert [r[eval_acc] != "" for r in rows[1:]] == [False, True, True]
+    # the recipe's --tta shift averages views in the last evaluation only; eval_acc stays single-view
     assert [r[tta_acc] != "" for r in rows[1:]] == [False, False, True] and results["tta"] == "shift"
-    assert float(rows[3][val_acc]) == results["single_view_test_acc"]
+    assert float(rows[3][eval_acc]) == results["single_view_test_acc"]
     assert float(rows[3][tta_acc]) == results["test_acc"]
     out_lines = capsys.readouterr().out.splitlines()
     printed = [line for line in out_lines if line.startswith("epoch")]
@@ -257,7 +256,7 @@ def test_attention_is_explicit_on_the_cpu_for_narrow_heads_unless_asked(tmp_path
 @pytest.mark.parametrize("argv,message", [
     (["--data", "imagenet"], "neither one of mnist, fashion-mnist, cifar10 nor a folder"),
     (["--data", "mnist", "--patch-size", "5"], "img_size 28 is not a multiple of patch_size 5"),
-    (["--data", "mnist", "--aug", "rrc"], "--aug 'rrc' is not available for mnist data"),
+    (["--data", "mnist", "--aug", "rrc"], "--aug 'rrc' is not available for MNIST, Fashion-MNIST and CIFAR-10; choose from none, mnist, cifar"),
     (["--data", "mnist", "--img-size", "32"], "--img-size applies to image folders only"),
     (["--data", "mnist", "--epochs", "0"], "--epochs must be >= 1"),
     (["--data", "mnist", "--eval-every", "0"], "--eval-every must be >= 1"),
@@ -280,6 +279,16 @@ def test_crop_padding_is_refused_with_per_image_crops(capsys, tmp_path):
         train.main(["--data", str(tmp_path), "--aug", "rrc", "--crop-padding", "2"])
     assert e.value.code == 2
     assert "--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug rrc" in capsys.readouterr().err
+
+
+def test_train_sets_layer_decay_and_jitter_which_needs_random_resized_crops(capsys, tmp_path):
+    train.main(["--data", str(tmp_path), "--aug", "rrc", "--jitter", "0.4", "--layer-decay", "0.8", "--print-config"])
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["aug"], config["jitter"], config["layer_decay"]) == ("rrc", 0.4, 0.8)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(tmp_path), "--jitter", "0.4"])  # the folder recipe's batch crops
+    assert e.value.code == 2
+    assert "--jitter applies to --aug rrc (random-resized-crop per image), not to --aug cifar" in capsys.readouterr().err
 
 
 def test_missing_data_without_download_is_a_message_not_a_traceback(tmp_path):

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from vit import transfer
-from vit.cli import run_cli
-from vit.formats import VitError
+from vit.errors import VitError, run_cli
 
 CLASSES = transfer.ANIMALS + transfer.VEHICLES
 
@@ -114,7 +113,7 @@ def test_failed_runs_of_this_command_exit_1_and_other_commands_failures_do_not(t
         if "lr_1e-3" in out.name:
             return {"status": "failed", "error": "error: boom"}
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.csv").write_text("epoch,seconds,val_acc\n1,1.0,0.5\n")
+        (out / "metrics.csv").write_text("epoch,seconds,eval_acc\n1,1.0,0.5\n")
         (out / "results.json").write_text(json.dumps({"epochs": 1, "val_acc": 0.5, "train_seconds": 1.0, "params": 1}))
         return {"status": "ok", "test_acc": 0.5, "train_seconds": 1.0, "error": ""}
 

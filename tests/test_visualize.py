@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vit import visualize
-from vit.cli import run_cli
+from vit.errors import run_cli
 from vit.model import ViTConfig, VisionTransformer, sincos_pos_embed
 from vit.plot import GRID_TITLE_H
 from vit.weights import save_checkpoint

@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vit.formats import VitError, read_safetensors, write_safetensors
-from vit.model import ViTConfig, VisionTransformer
-from vit.weights import (
-    describe, detect_layout, hf_to_timm, infer_config, load_checkpoint, resample_pos_embed, save_checkpoint,
-    saved_normalisation,
-)
+from vit.errors import VitError
+from vit.formats import read_safetensors, write_safetensors
+from vit.model import ViTConfig, VisionTransformer, describe
+from vit.weights import (detect_layout, hf_to_timm, infer_config, load_checkpoint, resample_pos_embed, save_checkpoint,
+                         saved_normalisation)
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TIMM = FIXTURES / "vit_small_fixture_timm.safetensors"
@@ -354,7 +353,7 @@ def _with_config(path: Path, state: dict, config: object, **metadata: str) -> Pa
     ("mlp_ratio", "4", "mlp_ratio is '4' (str), not a finite number"),
     ("norm_eps", "x", "norm_eps is 'x' (str), not a finite number"),
     ("norm_eps", float("nan"), "norm_eps is 'nan' (float), not a finite number"),
-    ("norm_eps", 0, "norm_eps is 0; a LayerNorm eps must be > 0"),
+    ("norm_eps", 0, "norm_eps must be > 0, got 0"),
     ("drop_rate", float("-inf"), "drop_rate is '-inf' (float), not a finite number"),
     ("qkv_bias", 1, "qkv_bias is '1' (int), not true or false"),
     ("pos_embed", ["sin"], "pos_embed is \"['sin']\" (list), not a string"),

@@ -9,16 +9,21 @@ What a notebook needs, from the modules that hold it:
     results = vit.fit(model, data, cfg, out="runs/mnist-python")
 """
 
-from .config import TrainConfig
-from .data import Data, folder_data, load_tensor_dataset, tensor_data
-from .engine import evaluate, fit
-from .formats import VitError
-from .model import PRESETS, ViTConfig, VisionTransformer, count_params
-from .recipes import RECIPE_PRESETS, RECIPES
-from .runtime import Runtime, setup_runtime
-from .weights import load_checkpoint, save_checkpoint
+import importlib
+
+# public name -> the module that holds it. Loaded on first use (PEP 562), so that a tool that needs
+# little (`python -m vit.predict`) does not load the training stack through this file.
+_HOMES = {"TrainConfig": "config", "Data": "data", "folder_data": "data", "tensor_data": "data",
+          "load_tensor_dataset": "datasets", "evaluate": "engine", "fit": "engine", "VitError": "errors",
+          "PRESETS": "model", "ViTConfig": "model", "VisionTransformer": "model", "count_params": "model",
+          "RECIPE_PRESETS": "recipes", "RECIPES": "recipes", "Runtime": "runtime", "setup_runtime": "runtime",
+          "load_checkpoint": "weights", "save_checkpoint": "weights"}
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "Data", "folder_data", "load_tensor_dataset", "tensor_data", "evaluate", "fit", "VitError",
-           "PRESETS", "ViTConfig", "VisionTransformer", "count_params", "RECIPE_PRESETS", "RECIPES", "Runtime",
-           "setup_runtime", "load_checkpoint", "save_checkpoint"]
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'vit' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

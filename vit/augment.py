@@ -25,8 +25,38 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
-BATCH_PRESETS = ("none", "mnist", "cifar", "flip", "crop")  # names accepted by batch_augment
+# The augmentations a run can name (TrainConfig.aug), in one place. Per batch (`batch_augment`), on
+# images held as uint8 tensors: the built-in datasets, and an image folder decoded once. Per image
+# (`train_transform` / `eval_transform`), decoded in every epoch: image folders only.
+BATCH_PRESETS = ("none", "mnist", "cifar", "flip", "crop")
+IMAGE_TRANSFORMS = ("rrc", "resize")  # random-resized-crop + flip (+ jitter); resize + centre crop (the eval view)
+
+
+def augmentations(folder: bool) -> tuple[str, ...]:
+    """The augmentation names a run on this data can use: the batch presets; an image folder also the
+    per-image transforms."""
+    return (*IMAGE_TRANSFORMS, *BATCH_PRESETS) if folder else BATCH_PRESETS
+
+
+def aug_problem(name: str, folder: bool) -> str:
+    """Why `name` is no augmentation for this kind of data ('' if it is one), naming the choices."""
+    if name in augmentations(folder):
+        return ""
+    data = "an image folder" if folder else "MNIST, Fashion-MNIST and CIFAR-10"
+    return f"aug {name!r} is not available for {data}; choose from {', '.join(augmentations(folder))}"
 ImageOp = Callable[[Image.Image, torch.Generator], Image.Image]  # a per-image op: (img, generator) -> img
+
+
+def mix_seed(seed: int, epoch: int, stream: int | None = None) -> int:
+    """The one seed-mixing rule: a 32-bit seed for (seed, epoch), or for one `stream` of that epoch
+    (a process's rank, an image's index), distinct for every stream of one epoch.
+
+    32 bits because torch's CPU generator ignores the higher bits of a seed. (seed, epoch) alone
+    orders the data; a stream's seed spreads it by Knuth's multiplicative constant and adds the stream.
+    """
+    base = (seed * 1_000_003 + epoch) % (1 << 32)
+    return base if stream is None else (base * 2_654_435_761 + stream) % (1 << 32)
+
 
 # --------------------------------------------------------------------------------------------------
 # per-batch tensor ops
@@ -62,22 +92,6 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     B = x.shape[0]
     offsets = torch.randint(0, 2 * padding + 1, (2, B), generator=generator).to(x.device)
     return _shift(x, offsets[0], offsets[1], padding)
-
-
-def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by a random whole-pixel (sy, sx) in [-max_shift, max_shift]^2, zero fill.
-
-    Output pixel (i, j) shows input pixel (i + sy, j + sx), black where that lies outside. This is
-    `random_crop(x, max_shift, ...)` seen as a shift rather than a window, so the two give the same
-    distribution; max_shift=0 returns x.
-    """
-    if max_shift < 0:
-        raise ValueError(f"random_translate: max_shift must be >= 0, got {max_shift}")
-    if max_shift == 0:
-        return x
-    B = x.shape[0]
-    shifts = torch.randint(-max_shift, max_shift + 1, (2, B), generator=generator).to(x.device)
-    return _shift(x, shifts[0] + max_shift, shifts[1] + max_shift, max_shift)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:

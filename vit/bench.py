@@ -32,16 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit.augment import batch_augment
-from vit.cli import run_cli
-from vit.data import ImageFolderDataset, folder_splits, load_tensor_dataset
-from vit.formats import VitError, read_safetensors, write_safetensors
+from vit.datasets import CIFAR_FILES, load_tensor_dataset
+from vit.errors import VitError, run_cli
+from vit.folders import ImageFolderDataset, folder_splits
+from vit.formats import read_safetensors, write_safetensors
 from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer, count_params
 from vit.recipes import RECIPE_PRESETS, RECIPES
 from vit.runtime import has_amx_bf16
 from vit.weights import load_checkpoint
-
-_CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
-
 
 def _best_times(fns: list[Callable[[], object]], repeat: int) -> list[float]:
     """Fastest of `repeat` runs of each fn, in seconds; runs interleave so all see the same machine load."""
@@ -80,7 +78,7 @@ class _Resize:
 
 def _cifar_dir(data_dir: Path, tmp: Path) -> Path:
     """A data_dir holding cifar10/cifar-10-batches-bin: data_dir itself, or a copy built from the JPEG tarball."""
-    if all((data_dir / "cifar10" / "cifar-10-batches-bin" / f).is_file() for f in _CIFAR_FILES):
+    if all((data_dir / "cifar10" / "cifar-10-batches-bin" / f).is_file() for f in CIFAR_FILES):
         return data_dir
     tool = data_dir.parent / "tools" / "cifar10_bin_from_jpg.py"
     if not tool.is_file():
@@ -117,7 +115,7 @@ def bench_data(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         cifar_root = _cifar_dir(data_dir, tmp)
         mnist_files = sorted((data_dir / "mnist").glob("*-ubyte*"))
-        cifar_files = [cifar_root / "cifar10" / "cifar-10-batches-bin" / f for f in _CIFAR_FILES]
+        cifar_files = [cifar_root / "cifar10" / "cifar-10-batches-bin" / f for f in CIFAR_FILES]
         rows = []
         for name, root, files in [("mnist", data_dir, mnist_files), ("cifar10", cifar_root, cifar_files)]:
             floor, load = _best_times([partial(_read_all, files),

@@ -17,22 +17,21 @@ import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Callable
 
-from .augment import TTA_VIEWS
+from .augment import TTA_VIEWS, aug_problem
 from .config import ConfigError, TrainConfig
 from .data import Data
 from .engine import evaluate_saved, fit
-from .formats import VitError
+from .errors import VitError
 from .model import ViTConfig, VisionTransformer
 from .runs import RESUMABLE, changed_settings, read_record, run_folder
 from .runtime import AMP_MIN_WIDTH, FUSED_MIN_HEAD_DIM, Runtime, setup_runtime, shutdown, world_size
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
-# model flag -> ViTConfig field (train.py has them all; finetune.py --patch and --img-size)
+# train.py's architecture flag -> the ViTConfig field it overrides in the preset (finetune.py has --patch)
 MODEL_FLAGS = {"patch": "patch_embed", "pos": "pos_embed", "patch_size": "patch_size", "embed_dim": "embed_dim",
                "depth": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio", "pool": "global_pool",
-               "drop": "drop_rate", "img_size": "img_size"}
+               "drop": "drop_rate"}
 # the system flags: where and how fast a run computes, never part of its record
 SYSTEM_FLAGS = ("device", "attn", "amp", "threads", "workers", "compile")
 
@@ -48,6 +47,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
     o.add_argument("--warmup-epochs", type=float, help="linear warmup from 0, in epochs")
     o.add_argument("--weight-decay", type=float, help="decoupled weight decay (not on biases, norms, embeddings)")
+    o.add_argument("--layer-decay", type=float, help="layer-wise lr decay: block i of N learns at lr x decay^(N+1-i) "
+                                                     "(1 = off; fine-tuning's recipe 0.75)")
     o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
     o.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
     r = parser.add_argument_group("regularisation (default: the recipe's)")
@@ -57,6 +58,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--drop-path", type=float, help="stochastic depth rate of the last block")
     r.add_argument("--patch-dropout", type=float, help="fraction of patch tokens dropped per image in training")
     r.add_argument("--unmasked-epochs", type=int, help="train the last N epochs on all tokens, without PatchDropout")
+    r.add_argument("--crop-padding", type=int, help="the random crop's zero padding in pixels (--aug cifar, crop)")
+    r.add_argument("--jitter", type=float, help="colour jitter strength of --aug rrc (0 = off)")
     r.add_argument("--ema", type=float,
                    help="decay of an exponential moving average of the weights, evaluated and saved in their place (0 = off)")
     s = parser.add_argument_group("system")
@@ -100,6 +103,19 @@ def train_config(parser: argparse.ArgumentParser, args: argparse.Namespace, reci
         return recipe.replace(**given)
     except ConfigError as e:
         parser.error(f"{flag(e.field)} {e.problem}")
+
+
+def check_aug_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, recipe: TrainConfig,
+                    folder: bool) -> None:
+    """Refuses augmentation flags that cannot apply, before anything runs (exit 2): an --aug this data
+    cannot use, --crop-padding without a batch crop, --jitter without random-resized-crop."""
+    aug = args.aug or recipe.aug
+    if aug_problem(aug, folder):
+        parser.error("--" + aug_problem(aug, folder))
+    if args.crop_padding is not None and aug not in ("cifar", "crop"):
+        parser.error(f"--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug {aug}")
+    if args.jitter is not None and aug != "rrc":
+        parser.error(f"--jitter applies to --aug rrc (random-resized-crop per image), not to --aug {aug}")
 
 
 def recipes_epilog(recipes: dict[str, TrainConfig], presets: dict[str, str] | None = None) -> str:
@@ -202,7 +218,8 @@ def _change(name: str, change: list, classes_flag: str) -> str:
     if part == "config":
         what = flag(field)
     elif part == "model":  # a field no flag sets (in_chans: the data's) is named as the model's
-        what = next((flag(f) for f, model_field in MODEL_FLAGS.items() if model_field == field), f"model {field}")
+        flags = {**MODEL_FLAGS, "img_size": "img_size"}  # --img-size: a folder's resolution, the model's img_size
+        what = next((flag(f) for f, model_field in flags.items() if model_field == field), f"model {field}")
     else:
         what = f"{classes_flag}: classes"
     return f"{what} {_shown(change[1])} (the run: {_shown(change[0])})"
@@ -213,16 +230,3 @@ def _shown(value: object) -> str:
     if not isinstance(value, list):
         return str(value)
     return ",".join(map(str, value[:8])) + (f",... ({len(value)} classes)" if len(value) > 8 else "")
-
-
-def run_cli(main: Callable[[], object]) -> None:
-    """Runs an entry point's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1,
-    Ctrl-C one line saying what was kept and exit 130 (128 + SIGINT, as a shell reports it)."""
-    try:
-        main()
-    except VitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:
-        print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
-        sys.exit(130)

@@ -13,10 +13,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .augment import BATCH_PRESETS, TTA_VIEWS
-
-FOLDER_AUGS = ("none", "rrc")  # per-image: eval-style resize only, or random-resized-crop + flip
-
+from .augment import TTA_VIEWS, augmentations
+from .errors import is_int, is_number
 
 class ConfigError(ValueError):
     """A TrainConfig field with a value it cannot take; `field` names it, so the scripts can name the flag."""
@@ -48,7 +46,7 @@ class TrainConfig:
     unmasked_epochs: int = 0  # the last N epochs train on every token, without PatchDropout (FLIP)
     ema: float = 0.0  # decay of an average of the weights, evaluated and saved in their place; 0 = off
     # data
-    aug: str = "none"  # augmentation: a vit.augment.BATCH_PRESETS name (tensor data) or FOLDER_AUGS (folders)
+    aug: str = "none"  # augmentation: a batch preset, or for folders a per-image transform (vit.augment.augmentations)
     crop_padding: int = 4  # tensor data: zero padding of the random crop, in pixels (aug 'cifar', 'crop')
     jitter: float = 0.0  # folders: colour jitter strength of the training transform; 0 = off
     val_fraction: float = 0.1  # folders without a val/ split: the fraction of each class held out
@@ -60,34 +58,33 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps", "eval_every", "save_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.opt not in ("adamw", "sgd"):
             raise ConfigError("opt", f"must be 'adamw' or 'sgd', got {self.opt!r}")
-        if not (_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+        if not (is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError("lr", f"must be a finite number > 0, got {self.lr}")
         for name in ("min_lr", "warmup_epochs", "weight_decay", "mixup", "cutmix", "jitter"):
             value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+            if not (is_number(value) and math.isfinite(value) and value >= 0):
                 raise ConfigError(name, f"must be a finite number >= 0, got {value}")
-        if self.clip_grad is not None and not (_is_number(self.clip_grad) and math.isfinite(self.clip_grad)
+        if self.clip_grad is not None and not (is_number(self.clip_grad) and math.isfinite(self.clip_grad)
                                                and self.clip_grad > 0):
             raise ConfigError("clip_grad", f"must be a finite number > 0, got {self.clip_grad}")
-        if not (_is_number(self.layer_decay) and 0.0 < self.layer_decay <= 1.0):
+        if not (is_number(self.layer_decay) and 0.0 < self.layer_decay <= 1.0):
             raise ConfigError("layer_decay", f"must be in (0, 1], got {self.layer_decay}")
         for name in ("smoothing", "drop_path", "patch_dropout", "ema"):
-            if not (_is_number(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0):
+            if not (is_number(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0):
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if not (_is_int(self.unmasked_epochs) and 0 <= self.unmasked_epochs <= self.epochs):
+        if not (is_int(self.unmasked_epochs) and 0 <= self.unmasked_epochs <= self.epochs):
             raise ConfigError("unmasked_epochs", f"must be in [0, epochs], got {self.unmasked_epochs}")
-        if self.aug not in (*BATCH_PRESETS, *FOLDER_AUGS):
-            raise ConfigError("aug", f"must be one of {', '.join(dict.fromkeys((*BATCH_PRESETS, *FOLDER_AUGS)))}, "
-                                     f"got {self.aug!r}")
-        if not (_is_int(self.crop_padding) and self.crop_padding >= 0):
+        if self.aug not in augmentations(folder=True):
+            raise ConfigError("aug", f"must be one of {', '.join(augmentations(folder=True))}, got {self.aug!r}")
+        if not (is_int(self.crop_padding) and self.crop_padding >= 0):
             raise ConfigError("crop_padding", f"must be >= 0, got {self.crop_padding}")
-        if not (_is_number(self.val_fraction) and 0.0 < self.val_fraction < 1.0):
+        if not (is_number(self.val_fraction) and 0.0 < self.val_fraction < 1.0):
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        if not (_is_int(self.seed) and 0 <= self.seed < 2**32):
+        if not (is_int(self.seed) and 0 <= self.seed < 2**32):
             raise ConfigError("seed", f"must be in [0, 2**32), got {self.seed}")
         if self.tta not in TTA_VIEWS:
             raise ConfigError("tta", f"must be one of {', '.join(TTA_VIEWS)}, got {self.tta!r}")
@@ -95,11 +92,3 @@ class TrainConfig:
     def replace(self, **changes: object) -> TrainConfig:
         """A copy with `changes` applied, checked like a new config."""
         return dataclasses.replace(self, **changes)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

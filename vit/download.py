@@ -24,7 +24,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterable
 
-from vit.formats import VitError, atomic_write
+from vit.errors import VitError
+from vit.formats import atomic_write
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep memory flat
 _SCHEMES = ("http", "https")  # urllib also opens file:// and ftp://; a data URL must never reach those

@@ -24,13 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import num_tta_views, tta_views
+from .augment import mix_seed, num_tta_views, tta_views
 from .config import TrainConfig
-from .data import Data, mix_seed
-from .formats import VitError
+from .data import Data
+from .errors import VitError
 from .model import VisionTransformer, count_params, param_groups
-from .runs import (STATE_FILE, claimed, read_resume_state, record_run, remove_unstarted, save_state, versions,
-                   write_metrics, write_results)
+from .runs import (STATE_FILE, claimed, new_run_folder, read_resume_state, record_run, remove_unstarted, save_state,
+                   versions, write_metrics, write_results)
 from .runtime import Runtime
 from .weights import save_checkpoint
 
@@ -334,8 +334,8 @@ def _final(result: dict, history: list[dict], data: Data, model: nn.Module, cfg:
     if "single_acc" in result:  # the accuracy above is the --tta views' mean prediction
         results.update({"views": result["views"], f"single_view_{split}_acc": result["single_acc"],
                         f"single_view_{split}_loss": result["single_loss"]})
-    if "raw_val_acc" in history[-1]:
-        results[f"raw_{split}_acc"] = history[-1]["raw_val_acc"]
+    if "raw_eval_acc" in history[-1]:
+        results[f"raw_{split}_acc"] = history[-1]["raw_eval_acc"]
     return results
 
 
@@ -365,11 +365,11 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         metadata: dict[str, str] | None = None) -> dict:
     """Trains `model` on data.train for cfg.epochs (continuing from the state at `resume_from`; with
     `fallback`, from the state before it if that one is unreadable), evaluates on data.val every
-    cfg.eval_every epochs and after the last, writes the run folder `out` (default runs/<timestamp>)
+    cfg.eval_every epochs and after the last, writes the run folder `out` (default runs/fit-<timestamp>)
     on the main process, and returns the final results (results.json). Checkpoints carry the class
     names, normalisation and command line in their metadata (plus `metadata`)."""
     rt = rt or Runtime(torch.device("cpu"))
-    out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out is not None else new_run_folder("fit")
     with claimed(out, rt.main):  # one run per folder: a second process is refused, naming the first
         metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean), "std": json.dumps(data.std),
                     "args": json.dumps(sys.argv), **(metadata or {})}
@@ -391,7 +391,7 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
         if rt.main:
             record_run(out, asdict(cfg), asdict(model.cfg), data.classes, resumed=resume_from is not None)
         estimate = RunEstimate(cfg, epoch, steps_per_epoch, len(data.val) * cfg.batch_size, rt.main, ema is not None)
-        best = max((h["val_acc"] for h in history if "val_acc" in h), default=-1.0)
+        best = max((h["eval_acc"] for h in history if "eval_acc" in h), default=-1.0)
         run_start, result, saved = time.perf_counter(), None, epoch if resume_from is not None else None
         try:
             while epoch < cfg.epochs:
@@ -403,17 +403,17 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
                 if evaluated:  # the per-epoch curve is single-view; the test-time views are averaged after the last epoch
                     tta = cfg.tta if epoch == cfg.epochs else "none"
                     result = evaluate(scored_net, data.val, data.prepare_eval, num_classes, rt, tta)
-                    history[-1].update(val_loss=result.get("single_loss", result["loss"]),
-                                       val_acc=result.get("single_acc", result["acc"]))
+                    history[-1].update(eval_loss=result.get("single_loss", result["loss"]),
+                                       eval_acc=result.get("single_acc", result["acc"]))
                     if tta != "none":
-                        history[-1].update(tta_val_loss=result["loss"], tta_val_acc=result["acc"])
+                        history[-1].update(tta_eval_loss=result["loss"], tta_eval_acc=result["acc"])
                 if evaluated and ema is not None:  # the trained weights themselves, to show what the average adds
                     raw = evaluate(trained, data.val, data.prepare_eval, num_classes, rt)
-                    history[-1].update(raw_val_loss=raw["loss"], raw_val_acc=raw["acc"])
+                    history[-1].update(raw_eval_loss=raw["loss"], raw_eval_acc=raw["acc"])
                 if rt.main:
                     print(summary_line(history[-1], cfg.epochs, data.split), flush=True)
-                    if evaluated and history[-1]["val_acc"] > best:
-                        best = history[-1]["val_acc"]
+                    if evaluated and history[-1]["eval_acc"] > best:
+                        best = history[-1]["eval_acc"]
                         save_checkpoint(out / "best.safetensors", scored, metadata)
                     if epoch % cfg.save_every == 0 or epoch == cfg.epochs:  # the weights with their resume state
                         save_checkpoint(out / "last.safetensors", scored, metadata)
@@ -447,9 +447,9 @@ def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state
 
 
 def summary_line(h: dict, epochs: int, split: str) -> str:
-    held_out = f"{split} loss {h['val_loss']:.4f} acc {100 * h['val_acc']:6.2f}%" if "val_acc" in h else ""
-    raw = f" (without EMA {100 * h['raw_val_acc']:6.2f}%)" if "raw_val_acc" in h else ""
-    tta = f" (with TTA {100 * h['tta_val_acc']:6.2f}%)" if "tta_val_acc" in h else ""
+    held_out = f"{split} loss {h['eval_loss']:.4f} acc {100 * h['eval_acc']:6.2f}%" if "eval_acc" in h else ""
+    raw = f" (without EMA {100 * h['raw_eval_acc']:6.2f}%)" if "raw_eval_acc" in h else ""
+    tta = f" (with TTA {100 * h['tta_eval_acc']:6.2f}%)" if "tta_eval_acc" in h else ""
     return (f"epoch {h['epoch']:>3}/{epochs}  lr {h['lr']:.2e}  train loss {h['train_loss']:.4f} "
             f"acc {100 * h['train_acc']:6.2f}%  {held_out}{raw}{tta}  {h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
 

@@ -8,9 +8,7 @@ crash never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import os
 import stat
@@ -23,11 +21,9 @@ from typing import IO, Iterator, Union
 import numpy as np
 import torch
 
+from vit.errors import VitError, is_int
+
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class VitError(ValueError):
-    """The project's one error class: a bad file, folder, download or argument, with a clear message."""
 
 
 @contextmanager
@@ -52,17 +48,6 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             e.filename = str(path)  # a failed write (ENOSPC) names no file: say which one it was
         raise
     _fsync_dir(path.parent)
-
-
-def write_csv(path: PathLike, columns: list[str], rows: list[dict]) -> None:
-    """A CSV file of `rows` (dicts; keys outside `columns` ignored, missing ones left empty), written
-    atomically (see atomic_write)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(path, "w") as f:
-        f.write(text.getvalue())
 
 
 def open_regular(path: PathLike) -> IO[bytes]:
@@ -169,19 +154,6 @@ def _read_idx_stream(path: Path, f: IO[bytes], size: int, compressed: bool) -> n
     return array.astype(dtype.newbyteorder("="), copy=False)  # no copy for u8/i8
 
 
-def write_idx(path: PathLike, array: np.ndarray, compress: bool = False) -> None:
-    """Write `array` as an IDX file (big-endian), gzip-compressed if `compress`."""
-    array = np.asarray(array)
-    code = _IDX_CODES.get(array.dtype.newbyteorder("="))
-    if code is None or not 1 <= array.ndim <= 255 or any(d >= 2**32 for d in array.shape):
-        raise VitError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as IDX "
-                       f"(dtypes {', '.join(str(d) for d in _IDX_CODES)}; 1..255 dims < 2**32)")
-    body = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    body += np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    with atomic_write(path) as f:
-        f.write(gzip.compress(body, mtime=0) if compress else body)
-
-
 # ------------------------------------------------------------------------------------ CIFAR binary
 
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G and B planes (32x32 each, row-major)
@@ -208,22 +180,6 @@ def read_cifar_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_cifar_batch(path: PathLike, images_uint8_N3HW: np.ndarray, labels: np.ndarray) -> None:
-    """Write uint8 images (N, 3, 32, 32) and labels 0..9 (N,) as CIFAR-10 binary records."""
-    images, labels = np.asarray(images_uint8_N3HW), np.asarray(labels)
-    n = len(images)
-    if images.dtype != np.uint8 or images.shape != (n, 3, 32, 32) or labels.shape != (n,):
-        raise VitError(f"{path}: need uint8 images (N, 3, 32, 32) and labels (N,), got {images.dtype} "
-                       f"{images.shape} and {labels.shape}")
-    if n and (labels.min() < 0 or labels.max() >= 10):
-        raise VitError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
-    records = np.empty((n, _CIFAR_RECORD), dtype=np.uint8)
-    records[:, 0] = labels
-    records[:, 1:] = images.reshape(n, -1)  # (N, 3, 32, 32) -> (N, 3072)
-    with atomic_write(path) as f:
-        f.write(records.tobytes())
-
-
 # -------------------------------------------------------------------------------------- safetensors
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -247,11 +203,6 @@ def _unique_object(pairs: list) -> dict:
             raise VitError(f"duplicate key {key!r}: not supported by this project (ambiguous: which copy is meant?)")
         obj[key] = value
     return obj
-
-
-def _is_uint(x: object) -> bool:
-    """A JSON non-negative integer (bool excluded: Python's True is an int)."""
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _dtype_problem(dtype: object) -> str:
@@ -282,11 +233,11 @@ def _parse_safetensors_header(path: Path, raw: bytes, data_len: int) -> tuple[li
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
             raise VitError(f"{where}: {_dtype_problem(dtype)}")
-        if not isinstance(shape, list) or not all(_is_uint(d) and d <= _INT64_MAX for d in shape):
+        if not isinstance(shape, list) or not all(is_int(d) and 0 <= d <= _INT64_MAX for d in shape):
             # a zero-element tensor may declare any other dim: each must still fit torch's int64 sizes
             raise VitError(f"{where}: shape must be a list of non-negative integers that fit int64 "
                            f"(at most 2**63 - 1), got {str(shape)[:200]}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) and o >= 0 for o in offsets)
                 and offsets[0] <= offsets[1]):
             raise VitError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, "
                            f"got {str(offsets)[:200]}")

@@ -16,7 +16,8 @@ Shapes: images (B, C, H, W); tokens (B, N, D); attention heads (B, h, N, d) with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -46,30 +47,16 @@ class ViTConfig:
     # run time: `model.patch_dropout`, `model.set_fused_attn()`.
 
     def __post_init__(self) -> None:
-        choices = {
-            "patch_embed": ("manual", "conv", "stem"),
-            "pos_embed": ("learned", "sin", "none"),
-            "global_pool": ("token", "avg"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        for f in fields(self):  # each value on its own: its type, then its range
+            problem = field_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{f.name} {problem}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.pos_embed == "sin" and self.embed_dim % 4:
             raise ValueError(f"pos_embed='sin' needs embed_dim divisible by 4, got {self.embed_dim}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def grid_size(self) -> int:
@@ -79,6 +66,36 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return self.grid_size**2
+
+
+# What each ViTConfig field accepts. A config may come from a file (a checkpoint's JSON metadata), so
+# the type is checked before the range: an int is not a bool (JSON true), nor 4.0; a float is finite.
+_CHOICES = {"patch_embed": ("manual", "conv", "stem"), "pos_embed": ("learned", "sin", "none"),
+            "global_pool": ("token", "avg")}
+_AT_LEAST_1 = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+_RATES = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+
+
+def field_problem(name: str, value: object) -> str:
+    """What is wrong with `value` as the ViTConfig field `name` on its own, or '' (e.g. "must be >= 1, got 0")."""
+    kind = {f.name: f.type for f in fields(ViTConfig)}[name]  # 'int', 'float', 'bool' or 'str'
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    accepted = {"int": number and isinstance(value, int), "float": number and math.isfinite(value),
+                "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+    if not accepted:
+        what = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}[kind]
+        return f"is {str(value)[:50]!r} ({type(value).__name__}), not {what}"
+    if name in _CHOICES and value not in _CHOICES[name]:
+        return f"must be one of {_CHOICES[name]}, got {value!r}"
+    if name in _AT_LEAST_1 and value < 1:
+        return f"must be >= 1, got {value}"
+    if name == "num_classes" and value < 0:
+        return f"must be >= 0, got {value}"
+    if name in ("mlp_ratio", "norm_eps") and not value > 0:
+        return f"must be > 0, got {value}"
+    if name in _RATES and not 0.0 <= value < 1.0:
+        return f"must be in [0, 1), got {value}"
+    return ""
 
 
 # Named configurations. The small ones are tuned for the datasets (README, "How the recipes' defaults were chosen");
@@ -397,3 +414,14 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
         })
         group["params"].append(p)
     return list(groups.values())
+
+
+def describe(cfg: ViTConfig) -> str:
+    """One line summing up a config, e.g. for `--arch auto` to print what it inferred."""
+    with torch.device("meta"):  # shapes only, for the parameter count
+        params = count_params(VisionTransformer(cfg))
+    head = f"{cfg.num_classes} classes" if cfg.num_classes else "no head"
+    return (f"ViT: depth {cfg.depth}, width {cfg.embed_dim}, {cfg.num_heads} heads, mlp {cfg.mlp_ratio:g}x, "
+            f"patch {cfg.patch_size} ({cfg.patch_embed}), {cfg.img_size} px ({cfg.grid_size}x{cfg.grid_size} "
+            f"tokens), {cfg.in_chans} channels, pos {cfg.pos_embed}, pool {cfg.global_pool}, {head}, "
+            f"LayerNorm eps {cfg.norm_eps:g}, {params / 1e6:.2f}M parameters")

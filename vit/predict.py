@@ -19,20 +19,13 @@ import torch
 from PIL import Image
 
 from vit.augment import eval_transform
-from vit.cli import run_cli
-from vit.data import read_image
-from vit.formats import VitError
-from vit.weights import describe, load_checkpoint, saved_normalisation
+from vit.errors import VitError, positive_int, run_cli
+from vit.folders import read_image
+from vit.model import describe
+from vit.weights import load_checkpoint, saved_normalisation
 
 CROP_PCT = 0.9  # timm's default eval crop for vit_base_patch16_224
 BATCH = 16  # images per forward pass
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

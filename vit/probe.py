@@ -25,8 +25,9 @@ import torch
 
 from .augment import eval_transform, train_transform
 from .config import TrainConfig
-from .data import INTERPOLATIONS, Data, FolderLoader, ImageFolderDataset, TensorLoader, folder_samples
+from .data import INTERPOLATIONS, Data, FolderLoader, TensorLoader
 from .engine import Progress
+from .folders import ImageFolderDataset, folder_samples
 from .model import VisionTransformer
 from .runtime import Runtime
 
@@ -59,7 +60,7 @@ def feature_data(root: str | Path, model: VisionTransformer, cfg: TrainConfig, i
     view of each held-out image."""
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    train_samples, val_samples, classes = folder_samples(root, cfg, rt.main)
+    train_samples, val_samples, classes = folder_samples(root, cfg.val_fraction, cfg.seed, rt.main)
     model.to(rt.device).set_fused_attn(rt.fused_attn)
     interp = INTERPOLATIONS[interpolation]
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)

@@ -12,7 +12,8 @@ leaves a half-written one under its real name):
                     missing or unreadable (e.g. the process was killed while replacing it)
   last.safetensors  the model when the resume state was last written (--save-every; with --ema: the
                     average); best.safetensors: the best held-out accuracy (written by vit.engine.fit)
-  metrics.csv       one row per epoch; curves.png: loss and accuracy per epoch
+  metrics.csv       one row per epoch: lr, train_loss/acc, and eval_loss/acc on the held-out split the
+                    run scores (a dataset's test set, a folder's val split); curves.png: loss and accuracy
   results.json      final accuracy (test_acc on a dataset's test set, val_acc on a folder's validation
                     split), per-class accuracy, confusion matrix, parameters, time, img/s;
                     confusion.png: the confusion matrix
@@ -20,6 +21,7 @@ leaves a half-written one under its real name):
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -36,7 +38,8 @@ import torch
 import torch.nn as nn
 
 from . import plot
-from .formats import VitError, atomic_write, write_csv
+from .errors import VitError, is_int
+from .formats import atomic_write
 
 STATE_FILE, PREV_STATE_FILE, LOCK_FILE = "state.pt", "state.prev.pt", ".lock"
 STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
@@ -46,6 +49,11 @@ RUN_FILES = RUN_OUTPUTS + ("metrics.csv", "curves.png", "confusion.png", "args.j
 # The run config fields a resume may change: how long the run trains, when it evaluates and saves, and the
 # final evaluation's views. Everything else would make the record (and the run) a mix of two settings.
 RESUMABLE = ("epochs", "eval_every", "save_every", "tta")
+
+
+def new_run_folder(run_name: str, runs_dir: Path = Path("runs")) -> Path:
+    """Where a new run goes when no --output is given: runs/<run_name>-<YYYYmmdd-HHMMSS>."""
+    return runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: int,
@@ -61,7 +69,7 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
     else in runs/<run_name>-<timestamp>. The `main` process (of a DDP job) says each choice on
     stderr and, with `overwrite`, removes the old run's files.
     """
-    fresh = output or runs_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fresh = output or new_run_folder(run_name, runs_dir)
     if resume == "auto":
         folders = [output] if output else sorted(runs_dir.glob(f"{run_name}-*"), key=os.path.getmtime)
         if not folders:
@@ -175,7 +183,7 @@ def _state_problem(state: dict) -> str:
             and opt["param_groups"]):
         return "'optimizer' is not an optimizer state (state, param_groups)"
     for key in ("epoch", "step"):
-        if not (isinstance(state[key], int) and not isinstance(state[key], bool) and state[key] >= 0):
+        if not (is_int(state[key]) and state[key] >= 0):
             return f"{key!r} is {str(state[key])[:30]!r}, not a count"
     if not (isinstance(state["history"], list) and all(isinstance(h, dict) for h in state["history"])):
         return "'history' is not a list of per-epoch records"
@@ -312,21 +320,32 @@ def _series(history: list[dict], key: str, scale: float = 1.0) -> tuple[list[int
     return [h["epoch"] for h in rows], [scale * h[key] for h in rows]
 
 
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """A CSV file of `rows` (dicts; keys outside `columns` ignored, missing ones left empty), written
+    atomically (see atomic_write)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path, "w") as f:
+        f.write(text.getvalue())
+
+
 def write_metrics(out: Path, history: list[dict], split: str) -> None:
-    """metrics.csv (one row per epoch; the val_* cells of epochs without an evaluation are empty) and
+    """metrics.csv (one row per epoch; the eval_* cells of epochs without an evaluation are empty) and
     curves.png (loss and accuracy per epoch; the held-out curve is labelled `split`: "test" for the
     datasets that evaluate on their test set, "val" for folders)."""
-    columns = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "img_per_s"]
-    if any("raw_val_acc" in h for h in history):  # --ema: val_* score the average, raw_val_* the trained weights
-        columns += ["raw_val_loss", "raw_val_acc"]
-    if any("tta_val_acc" in h for h in history):  # --tta: the last evaluation's mean over views
-        columns += ["tta_val_loss", "tta_val_acc"]
+    columns = ["epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds", "img_per_s"]
+    if any("raw_eval_acc" in h for h in history):  # --ema: eval_* score the average, raw_eval_* the trained weights
+        columns += ["raw_eval_loss", "raw_eval_acc"]
+    if any("tta_eval_acc" in h for h in history):  # --tta: the last evaluation's mean over views
+        columns += ["tta_eval_loss", "tta_eval_acc"]
     write_csv(out / "metrics.csv", columns, history)
-    accuracy = {"train": _series(history, "train_acc", 100), split: _series(history, "val_acc", 100)}
-    if "raw_val_acc" in columns:
-        accuracy[f"{split}, without EMA"] = _series(history, "raw_val_acc", 100)
+    accuracy = {"train": _series(history, "train_acc", 100), split: _series(history, "eval_acc", 100)}
+    if "raw_eval_acc" in columns:
+        accuracy[f"{split}, without EMA"] = _series(history, "raw_eval_acc", 100)
     plot.charts(out / "curves.png", [
-        {"series": {"train": _series(history, "train_loss"), split: _series(history, "val_loss")},
+        {"series": {"train": _series(history, "train_loss"), split: _series(history, "eval_loss")},
          "title": "loss", "xlabel": "epoch", "ylabel": "cross-entropy"},
         {"series": accuracy, "title": "accuracy (single view)", "xlabel": "epoch", "ylabel": "%"},
     ])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .formats import VitError
+from .errors import VitError
 from .model import ViTConfig
 
 # bf16 autocast on a CPU pays only with AMX-BF16 tiles (a 2048^3 bf16 matmul ran 6.5x fp32 on a Xeon with

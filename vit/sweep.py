@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
-import importlib.util
+import importlib
 import itertools
 import json
 import math
@@ -52,9 +52,10 @@ from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
 from vit import plot
-from vit.cli import SYSTEM_FLAGS, run_cli
-from vit.formats import VitError, atomic_write, write_csv
-from vit.runs import read_record
+from vit.cli import SYSTEM_FLAGS
+from vit.errors import VitError, positive_int, run_cli
+from vit.formats import atomic_write
+from vit.runs import read_record, write_csv
 
 # Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
 RESERVED = {"output": "each run gets its own folder under the sweep's --output",
@@ -86,24 +87,13 @@ class Axis:
 # The grid: parsing and expansion (pure functions of the command line and train.py's parser)
 
 
-SCRIPTS = ("train", "finetune")  # the entry points a sweep can run: train.py and finetune.py
+SCRIPTS = ("train", "finetune")  # the commands a sweep can run: vit/train.py and vit/finetune.py
 
 
 def _script(name: str = "train") -> ModuleType:
-    """train.py or finetune.py, loaded from the repository root beside this package (they are scripts,
-    not modules of the package), once; each run calls its main(), the script's own code path."""
-    if name not in _SCRIPTS:
-        path = Path(__file__).resolve().parents[1] / f"{name}.py"
-        if not path.is_file():
-            raise VitError(f"vit.sweep runs {name}.py, which is not at {path}: run it from a checkout of the repository")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
-    return _SCRIPTS[name]
-
-
-_SCRIPTS: dict[str, ModuleType] = {}
+    """The command a run is: vit.train (`python train.py`) or vit.finetune (`python finetune.py`); each
+    run calls its main(), the command's own code path."""
+    return importlib.import_module(f"vit.{name}")
 
 
 def train_parser(script: str = "train") -> argparse.ArgumentParser:
@@ -398,7 +388,7 @@ def curves(rows: Sequence[dict], axes: Sequence[str]) -> dict[str, tuple[list[fl
             continue
         try:
             with open(Path(str(row["output"])) / "metrics.csv", newline="") as f:
-                accs = {int(r["epoch"]): 100 * float(r["val_acc"]) for r in csv.DictReader(f) if r.get("val_acc")}
+                accs = {int(r["epoch"]): 100 * float(r["eval_acc"]) for r in csv.DictReader(f) if r.get("eval_acc")}
         except (OSError, ValueError, KeyError):  # a run folder moved or pruned: its curve is left out
             continue
         per_config.setdefault(", ".join(str(row[a]) for a in axes), []).append(accs)
@@ -466,13 +456,6 @@ def write_reports(output: Path, axes: list[str], rows: list[dict], command: str)
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The sweep's own options (the script's flags for every run go after `--`)."""
     p = argparse.ArgumentParser(prog="python -m vit.sweep", description=__doc__,
@@ -482,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
                    help="axes: the script's options without dashes and the values to try, e.g. depth=2,4 pos=sin,learned")
     p.add_argument("--data", help="dataset of every run (the script's --data; default train.py's)")
-    p.add_argument("--epochs", type=_positive_int, help="epochs of every run (default: the dataset's recipe)")
-    p.add_argument("--seeds", type=_positive_int, default=1, help="runs per configuration, seeds 0 .. N-1")
+    p.add_argument("--epochs", type=positive_int, help="epochs of every run (default: the dataset's recipe)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="runs per configuration, seeds 0 .. N-1")
     p.add_argument("--output", type=Path, help="sweep folder (default sweeps/<data>-<axis>-<axis>...)")
     return p
 

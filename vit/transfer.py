@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vit import plot
-from vit.cli import run_cli
 from vit.config import ConfigError
-from vit.data import find_classes, split_folders
-from vit.formats import VitError, atomic_write, write_csv
+from vit.errors import VitError, run_cli
+from vit.folders import find_classes, split_folders
+from vit.formats import atomic_write
 from vit.recipes import RECIPES
+from vit.runs import write_csv
 from vit.sweep import exit_if_failed, mean_std, train_run
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
@@ -135,9 +136,9 @@ def curve(run: Path) -> tuple[list[float], list[float]]:
     with open(run / "metrics.csv", newline="") as f:
         for r in csv.DictReader(f):
             seconds += float(r["seconds"])
-            if r.get("val_acc"):
+            if r.get("eval_acc"):
                 xs.append(seconds)
-                ys.append(100 * float(r["val_acc"]))
+                ys.append(100 * float(r["eval_acc"]))
     return xs, ys
 
 

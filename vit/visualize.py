@@ -34,11 +34,10 @@ from PIL import Image
 
 from vit import plot
 from vit.augment import eval_transform, normalize
-from vit.data import TENSOR_DATASETS, load_tensor_dataset
-from vit.cli import run_cli
-from vit.formats import VitError
+from vit.datasets import IMAGE_SHAPES, load_tensor_dataset
+from vit.errors import VitError, run_cli
+from vit.folders import read_image
 from vit.model import VisionTransformer
-from vit.data import read_image
 from vit.predict import CROP_PCT
 from vit.weights import load_checkpoint, saved_normalisation
 
@@ -165,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="safetensors file: ours, timm or Hugging Face layout")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="an image file (any format Pillow reads)")
-    source.add_argument("--data", choices=TENSOR_DATASETS, help="a test image of this dataset (with --index)")
+    source.add_argument("--data", choices=IMAGE_SHAPES, help="a test image of this dataset (with --index)")
     p.add_argument("--index", type=int, default=0, help="which test image of --data (default 0)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="where datasets are (or are downloaded to)")
     p.add_argument("--no-download", action="store_true", help="never touch the network")

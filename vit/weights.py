@@ -26,8 +26,9 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-from vit.formats import VitError, read_safetensors, write_safetensors
-from vit.model import PRESETS, ViTConfig, VisionTransformer, count_params
+from vit.errors import VitError, is_int, is_number
+from vit.formats import read_safetensors, write_safetensors
+from vit.model import PRESETS, ViTConfig, VisionTransformer, describe, field_problem
 
 PathLike = Union[str, Path]
 TIMM_EPS, HF_EPS = 1e-6, 1e-12  # LayerNorm eps of each library's ViT (HF's ViTConfig default)
@@ -44,13 +45,6 @@ MAX_TOKENS = 256 * 256
 # (a huge width or depth would be built, on 'meta' but element by element); far above any real ViT.
 _MAX_VALUE = {"img_size": MAX_IMG_SIZE, "patch_size": MAX_IMG_SIZE, "in_chans": 1024, "num_classes": 1 << 20,
               "embed_dim": 1 << 16, "depth": 1024, "num_heads": 1 << 16, "mlp_ratio": 64.0, "norm_eps": 1.0}
-_KINDS = {  # annotation -> (accepts a value, what the message calls it)
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-              "a finite number"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "str": (lambda v: isinstance(v, str), "a string"),
-}
 
 
 def _listing(keys: object, limit: int = 8) -> str:
@@ -61,25 +55,20 @@ def _listing(keys: object, limit: int = 8) -> str:
 
 
 def _checked_fields(kw: dict[str, object]) -> dict[str, object]:
-    """`kw` with every ViTConfig field type- and range-checked before anything uses it (numbers as floats).
-
-    A config comes from a file (or a caller): ints must be ints (not bools, not 4.0), floats finite,
-    bools true/false, strings strings (ViTConfig checks which), no value above `_MAX_VALUE`, LayerNorm
-    eps above 0. Anything else is a VitError naming the field.
-    """
+    """`kw` with every ViTConfig field checked on its own (vit.model.field_problem) and against
+    `_MAX_VALUE` before anything uses it; numbers of float fields as floats (JSON writes 4.0 as 4).
+    Anything else is a VitError naming the field."""
     unknown = set(kw) - set(_CONFIG_FIELDS)
     if unknown:
         raise VitError(f"unknown config field(s) {_listing(unknown)}")
     out = {}
     for name, value in kw.items():
-        accepts, kind = _KINDS[_CONFIG_FIELDS[name]]
-        if not accepts(value):
-            raise VitError(f"config field {name} is {str(value)[:50]!r} ({type(value).__name__}), not {kind}")
+        problem = field_problem(name, value)
+        if problem:
+            raise VitError(f"config field {name} {problem}")
         if name in _MAX_VALUE and value > _MAX_VALUE[name]:
             raise VitError(f"config field {name} is {str(value)[:50]}, above the {_MAX_VALUE[name]} "
                            "this project builds")
-        if name == "norm_eps" and not value > 0:
-            raise VitError(f"config field norm_eps is {value}; a LayerNorm eps must be > 0")
         out[name] = float(value) if _CONFIG_FIELDS[name] == "float" else value
     return out
 
@@ -252,17 +241,6 @@ def infer_config(state: dict[str, torch.Tensor], **overrides: object) -> ViTConf
     return _make_config(**{**inferred, **overrides})
 
 
-def describe(cfg: ViTConfig) -> str:
-    """One line summing up a config, e.g. for `--arch auto` to print what it inferred."""
-    with torch.device("meta"):  # shapes only, for the parameter count
-        params = count_params(VisionTransformer(cfg))
-    head = f"{cfg.num_classes} classes" if cfg.num_classes else "no head"
-    return (f"ViT: depth {cfg.depth}, width {cfg.embed_dim}, {cfg.num_heads} heads, mlp {cfg.mlp_ratio:g}x, "
-            f"patch {cfg.patch_size} ({cfg.patch_embed}), {cfg.img_size} px ({cfg.grid_size}x{cfg.grid_size} "
-            f"tokens), {cfg.in_chans} channels, pos {cfg.pos_embed}, pool {cfg.global_pool}, {head}, "
-            f"LayerNorm eps {cfg.norm_eps:g}, {params / 1e6:.2f}M parameters")
-
-
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: int) -> torch.Tensor:
     """timm's `resample_abs_pos_embed` for one class slot: (1, 1 + g*g, D) -> (1, 1 + new_grid**2, D).
 
@@ -351,9 +329,9 @@ def _read_hf_config(path: Path) -> dict:
         raise VitError(f"{file}: a Hugging Face config.json is a JSON object, this is a {type(cfg).__name__}")
     if cfg.get("hidden_act", "gelu") != "gelu":  # our MLP is exact (erf) GELU, as HF's 'gelu'
         raise VitError(f"{file}: hidden_act {cfg['hidden_act']!r} is not supported (only 'gelu')")
-    for key, kind, what in (("layer_norm_eps", (int, float), "number"), ("num_attention_heads", int, "integer"),
-                            ("id2label", dict, "JSON object")):
-        if key in cfg and (not isinstance(cfg[key], kind) or isinstance(cfg[key], bool)):
+    for key, accepts, what in (("layer_norm_eps", is_number, "number"), ("num_attention_heads", is_int, "integer"),
+                               ("id2label", lambda v: isinstance(v, dict), "JSON object")):
+        if key in cfg and not accepts(cfg[key]):
             raise VitError(f"{file}: {key} is {str(cfg[key])[:50]!r}, not a {what}")
     return cfg
 
