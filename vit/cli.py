@@ -1,12 +1,12 @@
-"""The command line that train.py and finetune.py share: flags, flags -> configs, the run, the error exit.
+"""The command line that train.py and finetune.py share: flags, flags -> configs, their checks, the run.
 
 Each training flag is a `TrainConfig` field with dashes (`--batch-size` -> `batch_size`), so the
 fields themselves are the table from flags to the config: a flag left out keeps the recipe's value,
 and the config's own checks become argparse errors naming the flag (exit 2). Runtime flags (device,
-attention kernel, threads, ...) become a `Runtime`; output flags pick the run folder. `run_cli` is the
-one wrapper every entry point runs its main() in: a `VitError` (a user mistake or a bad file)
-becomes one line on stderr and exit 1, Ctrl-C one line and exit 130, never a traceback. A resume
-continues a run with its own settings: `check_resume` refuses any other but the RESUMABLE ones.
+attention kernel, threads, ...) become a `Runtime`; output flags pick the run folder. Flags that
+cannot apply together are refused before anything runs (`check_aug_flags`, `check_system_args`). A
+resume continues a run with its own settings: `check_resume` refuses any other but the RESUMABLE ones.
+(The error exit every command runs in, `run_cli`, is in vit/errors.py.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from vit.augment import BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize, train_transform
+from vit.augment import (BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize,
+                         train_transform)
 from vit.config import TrainConfig
 from vit.datasets import TensorDataset, load_tensor_dataset, select_classes
 from vit.errors import VitError
@@ -119,7 +120,7 @@ class FolderLoader:
             yield from self.loader
         except VitError as e:
             # A worker's error comes back as "Caught VitError in DataLoader worker N. Original Traceback
-            # ...<the traceback>... vit.formats.VitError: <message>"; the user gets the message alone.
+            # ...<the traceback>... vit.errors.VitError: <message>"; the user gets the message alone.
             _, mark, message = str(e).rpartition(_WORKER_ERROR_MARK)
             if not mark:  # raised in this process (workers=0): already just the message
                 raise

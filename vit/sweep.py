@@ -7,8 +7,8 @@
 Every flag of the script can be a grid axis (but --output, --resume, --seed and --eval-only, which the
 sweep sets): its name without the dashes ('patch_size' or 'patch-size'), then '=' and comma-separated
 values, checked against the flag's type and choices; on/off switches take true/false (yes/no,
-on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `train.main(argv)` (the
-script's own code path) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep
+on/off, 1/0). Flags after `--` go unchanged to every run. Each run is `vit.train.main(argv)` (what
+`python train.py` runs) with `--seed k --output <sweep>/<config>-seed<k> --resume auto`; the sweep
 runs seed 0 of every configuration first, then seed 1, and so on.
 
 Re-running the same command resumes: a finished run (its results.json) made with the same flags is
