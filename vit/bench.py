@@ -41,6 +41,7 @@ from vit.recipes import RECIPE_PRESETS, RECIPES
 from vit.runtime import has_amx_bf16
 from vit.weights import load_checkpoint
 
+
 def _best_times(fns: list[Callable[[], object]], repeat: int) -> list[float]:
     """Fastest of `repeat` runs of each fn, in seconds; runs interleave so all see the same machine load."""
     best = [float("inf")] * len(fns)

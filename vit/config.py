@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .augment import TTA_VIEWS, augmentations
 from .errors import is_int, is_number
 
+
 class ConfigError(ValueError):
     """A TrainConfig field with a value it cannot take; `field` names it, so the scripts can name the flag."""
 

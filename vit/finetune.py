@@ -30,6 +30,7 @@ from vit.probe import feature_data
 from vit.recipes import RECIPES
 from vit.weights import load_checkpoint, saved_normalisation
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=recipes_epilog({k: RECIPES[k] for k in ("finetune", "probe")}))
