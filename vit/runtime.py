@@ -24,6 +24,9 @@ from .model import ViTConfig
 # while the MNIST (64) and CIFAR-10 (128) presets trained 0.34x and 0.73x as fast (casts and small
 # matrices). Between widths 128 and 768 the speed-up grew about 1.7x per doubling, so it crosses 1x near
 # width 190 and reaches ~1.7x at 384 (ViT-S): the smallest width where bf16 is switched on by itself.
+# On another AMX Xeon (2 cores, family 6 model 167) the presets ran 0.97x and 1.59x and ViT-B/16 3.67x
+# (`python -m vit.bench train`, `finetune`): the crossover moves between CPUs, so the rule keeps to the
+# widths where bf16 won on both, and --amp turns it on below them.
 AMP_MIN_WIDTH = 384
 # On the CPU the explicit attention trained the MNIST and CIFAR-10 presets (head widths 16 and 32)
 # 1.1-1.6x faster than torch's fused kernel; at ViT-B/16's head width 64 the fused one was faster
@@ -116,7 +119,7 @@ def choose_amp(amp: bool | None, device_type: str, model: ViTConfig | None = Non
         return False, "this CPU has no AMX-BF16, where bf16 runs 10-25x slower than fp32"
     if model is None or model.embed_dim < AMP_MIN_WIDTH:
         width = "" if model is None else f" {model.embed_dim}"
-        return False, f"AMX-BF16, but the model's width{width} is under {AMP_MIN_WIDTH}, where bf16 is slower"
+        return False, f"AMX-BF16, but the model's width{width} is under {AMP_MIN_WIDTH}, where bf16 did not pay on every AMX CPU (--amp forces it)"
     return True, f"AMX-BF16 and the model's width {model.embed_dim} >= {AMP_MIN_WIDTH}"
 
 
