@@ -24,6 +24,7 @@ __all__ = list(_HOMES)
 
 
 def __getattr__(name: str) -> object:
+    """`vit.fit` and the other public names, imported from the module that holds them on first use."""
     if name not in _HOMES:
         raise AttributeError(f"module 'vit' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -5,7 +5,7 @@ architecture in `vit.model.PRESETS` it was tuned with (`RECIPE_PRESETS`). Any fl
 field; from Python, `RECIPES["mnist"].replace(epochs=1)`. The MNIST and CIFAR-10 recipes were tuned
 by measurement on a 2-core CPU (README, "How the recipes' defaults were chosen"): the unmasked last epoch, PatchDropout 0.5, the
 learning rate and batch size each paid there. The folder recipe was measured on CIFAR-10's images as
-a folder (README, Results); Fashion-MNIST's is built from the others and unmeasured.
+a folder (README, Results); Fashion-MNIST's is built from the others, and measured only as it is.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from .model import PRESETS
 RECIPES: dict[str, TrainConfig] = {
     "mnist": TrainConfig(epochs=10, batch_size=128, lr=2.8e-3, warmup_epochs=0.5, weight_decay=0.05, smoothing=0.0,
                          aug="mnist", patch_dropout=0.5, unmasked_epochs=1, eval_every=5, tta="shift"),
-    # Fashion-MNIST: not measured here (no copy of it on the machines these recipes were tuned on); built
-    # from what paid on the other two: MNIST's batch and lr, CIFAR-10's crop + flip (garments are
-    # left-right symmetric; digits are not) and label smoothing, the unmasked last epoch, the shifted views
+    # Fashion-MNIST: built from what paid on the other two, not tuned on it: MNIST's batch and lr, CIFAR-10's
+    # crop + flip (garments are left-right symmetric; digits are not) and label smoothing, the unmasked last
+    # epoch, the shifted views. It reached 88.60 ± 0.10% (seeds 0, 1; README, Results), training at 78%
+    # accuracy at epoch 5: regularised more than this data needs. The cifar10 preset was no better there.
     "fashion-mnist": TrainConfig(epochs=10, batch_size=128, lr=2.8e-3, warmup_epochs=0.5, weight_decay=0.05,
                                  smoothing=0.1, aug="cifar", crop_padding=2, patch_dropout=0.5, unmasked_epochs=1,
                                  eval_every=5, tta="shift"),
