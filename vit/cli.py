@@ -110,8 +110,9 @@ def check_aug_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, r
     """Refuses augmentation flags that cannot apply, before anything runs (exit 2): an --aug this data
     cannot use, --crop-padding without a batch crop, --jitter without random-resized-crop."""
     aug = args.aug or recipe.aug
-    if aug_problem(aug, folder):
-        parser.error("--" + aug_problem(aug, folder))
+    problem = aug_problem(aug, folder)
+    if problem:
+        parser.error("--" + problem)
     if args.crop_padding is not None and aug not in ("cifar", "crop"):
         parser.error(f"--crop-padding applies to the batch crops (--aug cifar, crop), not to --aug {aug}")
     if args.jitter is not None and aug != "rrc":

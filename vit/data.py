@@ -165,8 +165,9 @@ def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime |
     """MNIST / Fashion-MNIST / CIFAR-10 as uint8 tensors on the training device, augmented per batch
     (the airbench way: cfg.aug, cfg.crop_padding, mixup/cutmix), optionally only some `classes`.
     Evaluates on the official test set."""
-    if aug_problem(cfg.aug, folder=False):
-        raise VitError(aug_problem(cfg.aug, folder=False))
+    problem = aug_problem(cfg.aug, folder=False)
+    if problem:
+        raise VitError(problem)
     ds = load_tensor_dataset(name, data_dir, download=download)
     if classes:
         ds = select_classes(ds, classes)
@@ -210,8 +211,9 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
       ImageNet's mean/std by default.
     Validation: resize + centre crop (the first: no margin; the second: timm's crop_pct 0.9)."""
     rt = rt or Runtime(torch.device("cpu"))
-    if aug_problem(cfg.aug, folder=True):
-        raise VitError(aug_problem(cfg.aug, folder=True))
+    problem = aug_problem(cfg.aug, folder=True)
+    if problem:
+        raise VitError(problem)
     train_samples, val_samples, classes = folder_samples(root, cfg.val_fraction, cfg.seed, rt.main)
     interp = INTERPOLATIONS[interpolation]
     if cfg.aug in BATCH_PRESETS:
@@ -225,7 +227,8 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
         return in_memory_data(TensorDataset(train_x, train_y, val_x, val_y, classes, mean, std), cfg, rt, "val")
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
-    train_tf = eval_tf if cfg.aug == "resize" else train_transform(img_size, mean, std, cfg.jitter, interpolation=interp)
+    train_tf = (eval_tf if cfg.aug == "resize"
+                else train_transform(img_size, mean, std, cfg.jitter, interpolation=interp))
     per_process = cfg.batch_size // rt.world_size
     common = dict(workers=rt.workers, rank=rt.rank, world_size=rt.world_size, pin_memory=rt.device.type == "cuda")
     train = FolderLoader(ImageFolderDataset(train_samples, train_tf, seed=cfg.seed), per_process, shuffle=True,

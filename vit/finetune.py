@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from vit.augment import BATCH_PRESETS, augmentations
-from vit.cli import add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog, run, runtime, train_config
+from vit.cli import (add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog, run, runtime,
+                     train_config)
 from vit.config import TrainConfig
 from vit.data import folder_data
 from vit.errors import VitError, run_cli

@@ -96,7 +96,6 @@ def _fill(f: IO[bytes], buf: memoryview) -> int:
 
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-_IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 _GZIP_MAX_RATIO = 1032  # deflate cannot expand data by more than ~1032x
 
 

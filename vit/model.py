@@ -74,11 +74,12 @@ _CHOICES = {"patch_embed": ("manual", "conv", "stem"), "pos_embed": ("learned", 
             "global_pool": ("token", "avg")}
 _AT_LEAST_1 = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
 _RATES = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+_FIELD_TYPES = {f.name: f.type for f in fields(ViTConfig)}  # name -> 'int', 'float', 'bool' or 'str'
 
 
 def field_problem(name: str, value: object) -> str:
     """What is wrong with `value` as the ViTConfig field `name` on its own, or '' (e.g. "must be >= 1, got 0")."""
-    kind = {f.name: f.type for f in fields(ViTConfig)}[name]  # 'int', 'float', 'bool' or 'str'
+    kind = _FIELD_TYPES[name]
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     accepted = {"int": number and isinstance(value, int), "float": number and math.isfinite(value),
                 "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]

@@ -119,7 +119,8 @@ def choose_amp(amp: bool | None, device_type: str, model: ViTConfig | None = Non
         return False, "this CPU has no AMX-BF16, where bf16 runs 10-25x slower than fp32"
     if model is None or model.embed_dim < AMP_MIN_WIDTH:
         width = "" if model is None else f" {model.embed_dim}"
-        return False, f"AMX-BF16, but the model's width{width} is under {AMP_MIN_WIDTH}, where bf16 did not pay on every AMX CPU (--amp forces it)"
+        return False, (f"AMX-BF16, but the model's width{width} is under {AMP_MIN_WIDTH}, where bf16 did not pay on "
+                       "every AMX CPU (--amp forces it)")
     return True, f"AMX-BF16 and the model's width {model.embed_dim} >= {AMP_MIN_WIDTH}"
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from vit.augment import BATCH_PRESETS, IMAGE_TRANSFORMS
-from vit.cli import (MODEL_FLAGS, add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog, run, runtime,
-                     train_config)
+from vit.cli import (MODEL_FLAGS, add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog,
+                     run, runtime, train_config)
 from vit.config import TrainConfig
 from vit.data import folder_data, tensor_data
 from vit.datasets import IMAGE_SHAPES
