@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vit import engine
+from vit import engine, progress
 from vit.errors import VitError, run_cli
 from helpers import write_mnist  # tests/helpers.py: tiny datasets written by the tests
 
@@ -183,7 +183,7 @@ def test_abbreviations_resolve_as_timm_users_expect():
 def test_the_whole_run_estimate_counts_unmasked_epochs_and_evaluations(capsys):
     cfg = train.RECIPES["mnist"].replace(epochs=10, patch_dropout=0.5, unmasked_epochs=1, eval_every=5, tta="shift")
     clock = [0.0]
-    estimate = engine.RunEstimate(cfg, first_epoch=0, steps_per_epoch=100, eval_images=1000, enabled=True, ema=False,
+    estimate = progress.RunEstimate(cfg, first_epoch=0, steps_per_epoch=100, eval_images=1000, enabled=True, ema=False,
                                   warmup=0, min_steps=10, min_seconds=0.0, clock=lambda: clock[0])
     for _ in range(9):
         clock[0] += 0.1
@@ -204,7 +204,7 @@ def test_the_whole_run_estimate_waits_past_the_start_up_for_enough_steps_and_sec
     run that trained 488 s. Here the first 3 steps take 5 s (start-up), the others 0.5 s (1 s unmasked)."""
     cfg = train.RECIPES["folder"].replace(epochs=100, eval_every=100, tta="none")
     clock, said = [0.0], []
-    estimate = engine.RunEstimate(cfg, first_epoch=0, steps_per_epoch=11, eval_images=150, enabled=True, ema=False,
+    estimate = progress.RunEstimate(cfg, first_epoch=0, steps_per_epoch=11, eval_images=150, enabled=True, ema=False,
                                   clock=lambda: clock[0])
     for step in range(1100):
         seconds = 5.0 if step < 3 else 1.0 if step >= 99 * 11 else 0.5
@@ -225,7 +225,7 @@ def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_
     from vit import data as vit_data
     from vit.recipes import RECIPES
     subset = vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["7", "2"])
-    x, y = subset.val.x, subset.val.y
+    x, y = subset.held_out.x, subset.held_out.y
     assert set(y.tolist()) == {0, 1} and (x[y == 0][:, 0, 2 * 7 + 4] == 255).all()  # seven is now label 0
     with pytest.raises(VitError, match="unknown 'eleven'"):
         vit_data.tensor_data("mnist", data, RECIPES["mnist"], classes=["eleven", "2"])
@@ -233,7 +233,7 @@ def test_classes_trains_and_tests_on_a_subset_relabelled_in_the_given_order(tmp_
 
 def test_the_estimate_is_given_each_steps_own_time_and_images(tmp_path, monkeypatch):
     data, timed = write_mnist(tmp_path / "data"), []
-    monkeypatch.setattr(engine.RunEstimate, "step", lambda self, seconds, images: timed.append((seconds, images)))
+    monkeypatch.setattr(progress.RunEstimate, "step", lambda self, seconds, images: timed.append((seconds, images)))
     results = train.main(mnist_argv(data, "--epochs", "2", "--accum-steps", "2", "--output", str(tmp_path / "run")))
     assert [images for _, images in timed] == [32, 32, 32] * 2  # 96 images in batches of 32, two epochs
     assert 0 < sum(seconds for seconds, _ in timed) <= results["train_seconds"]

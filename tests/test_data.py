@@ -659,4 +659,4 @@ def test_a_folder_without_augmentation_is_held_in_memory_and_resize_decodes_the_
     assert torch.equal(held.prepare_train(x, y, torch.Generator())[0], held.prepare_eval(x))
     per_image = data.folder_data(root, cfg.replace(aug="resize"), 16)  # decoded every epoch, as validation is
     assert isinstance(per_image.train, data.FolderLoader)
-    assert per_image.train.dataset.transform is per_image.val.dataset.transform
+    assert per_image.train.dataset.transform is per_image.held_out.dataset.transform

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from vit.errors import VitError
-from vit.formats import atomic_write, read_cifar_batch, read_idx, read_safetensors, write_safetensors
+from vit.files import atomic_write
+from vit.formats import FormatError, read_cifar_batch, read_idx, read_safetensors, write_safetensors
 from helpers import write_cifar_batch, write_idx
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -120,14 +120,14 @@ GOOD_IDX = bytes.fromhex("00000802 00000002 00000003") + bytes(range(6))
 ])
 def test_idx_bad_files(tmp_path, data, match, compress):
     path = _write(tmp_path / "bad-idx", data, compress)
-    with pytest.raises(VitError, match=match) as e:
+    with pytest.raises(FormatError, match=match) as e:
         read_idx(path)
     assert str(path) in str(e.value)
 
 
 def test_idx_overflowing_dims_say_how_big(tmp_path):
     path = _write(tmp_path / "huge", bytes.fromhex("00000e04") + b"\xff" * 16, False)
-    with pytest.raises(VitError, match=f"header says {8 * (2**32 - 1) ** 4} data bytes"):
+    with pytest.raises(FormatError, match=f"header says {8 * (2**32 - 1) ** 4} data bytes"):
         read_idx(path)
 
 
@@ -137,7 +137,7 @@ def test_idx_corrupt_gzip(tmp_path):
     (tmp_path / "c").write_bytes(bytes(data))
     (tmp_path / "cut").write_bytes(gzip.compress(GOOD_IDX)[:-12])
     for name in ["c", "cut"]:
-        with pytest.raises(VitError, match="corrupt gzip|truncated"):
+        with pytest.raises(FormatError, match="corrupt gzip|truncated"):
             read_idx(tmp_path / name)
 
 
@@ -146,7 +146,7 @@ def test_idx_gzip_bomb_is_read_with_a_bound(tmp_path):
     assert path.stat().st_size < 100_000
     tracemalloc.start()
     try:
-        with pytest.raises(VitError, match="trailing bytes"):
+        with pytest.raises(FormatError, match="trailing bytes"):
             read_idx(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -190,7 +190,7 @@ def test_cifar_writer_matches_reader(tmp_path):
 ])
 def test_cifar_bad_files(tmp_path, data, match):
     (tmp_path / "bad.bin").write_bytes(data)
-    with pytest.raises(VitError, match=match) as e:
+    with pytest.raises(FormatError, match=match) as e:
         read_cifar_batch(tmp_path / "bad.bin")
     assert "bad.bin" in str(e.value)
 
@@ -250,11 +250,11 @@ def test_safetensors_tensors_are_writable_and_independent(tmp_path):
 
 
 def test_safetensors_writer_rejects_bad_input(tmp_path):
-    with pytest.raises(VitError, match="metadata must map strings to strings"):
+    with pytest.raises(FormatError, match="metadata must map strings to strings"):
         write_safetensors(tmp_path / "w", {"a": torch.zeros(1)}, {"k": 1})
-    with pytest.raises(VitError, match="cannot store torch.complex64"):
+    with pytest.raises(FormatError, match="cannot store torch.complex64"):
         write_safetensors(tmp_path / "w", {"a": torch.zeros(1, dtype=torch.complex64)})
-    with pytest.raises(VitError, match="'__metadata__'"):
+    with pytest.raises(FormatError, match="'__metadata__'"):
         write_safetensors(tmp_path / "w", {"__metadata__": torch.zeros(1)})
     assert list(tmp_path.iterdir()) == []
 
@@ -320,7 +320,7 @@ def test_safetensors_bad_files(tmp_path, header, data, length, match):
         match = "truncated: 5 bytes"
     else:
         _st_file(path, header, data, length)
-    with pytest.raises(VitError, match=match) as e:
+    with pytest.raises(FormatError, match=match) as e:
         read_safetensors(path)
     assert str(path) in str(e.value)
 
@@ -330,7 +330,7 @@ def test_safetensors_huge_declared_tensor_fails_before_allocating(tmp_path, shap
     path = _st_file(tmp_path / "huge", {"a": _e("F32", shape, 0, 1000)}, bytes(1000))
     tracemalloc.start()
     try:
-        with pytest.raises(VitError, match="needs more than 1000 bytes"):
+        with pytest.raises(FormatError, match="needs more than 1000 bytes"):
             read_safetensors(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -349,7 +349,7 @@ def test_safetensors_accepts_padding_empty_file_and_null_metadata(tmp_path):
 def test_safetensors_zero_element_tensor_with_a_dim_past_int64_is_refused(tmp_path):
     """Zero elements need zero bytes whatever the other dims, but torch sizes are int64."""
     path = _st_file(tmp_path / "z.safetensors", {"a": _e("F32", [0, 2**63], 0, 0)})
-    with pytest.raises(VitError, match=rf"{path}: tensor 'a': shape must be a list of non-negative integers that "
+    with pytest.raises(FormatError, match=rf"{path}: tensor 'a': shape must be a list of non-negative integers that "
                                        r"fit int64 \(at most 2\*\*63 - 1\), got \[0, 9223372036854775808\]"):
         read_safetensors(path)
     back, _ = read_safetensors(_st_file(tmp_path / "ok.safetensors", {"a": _e("F32", [0, 2**63 - 1], 0, 0)}))
@@ -359,7 +359,7 @@ def test_safetensors_zero_element_tensor_with_a_dim_past_int64_is_refused(tmp_pa
 @pytest.mark.parametrize("dtype", ["U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "C64"])
 def test_official_dtypes_this_project_does_not_read_say_so(tmp_path, dtype):
     path = _st_file(tmp_path / "d.safetensors", {"a": _e(dtype, [1], 0, 8)}, bytes(8))
-    with pytest.raises(VitError, match=rf"{path}: tensor 'a': dtype '{dtype}' is valid safetensors but not supported "
+    with pytest.raises(FormatError, match=rf"{path}: tensor 'a': dtype '{dtype}' is valid safetensors but not supported "
                                        r"by this project \(supported: F64, F32, "):
         read_safetensors(path)
 
@@ -368,7 +368,7 @@ def test_duplicate_keys_the_official_reader_accepts_are_refused_as_unsupported(t
     text = ('{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, '
             '"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}')
     path = _st_file(tmp_path / "dup.safetensors", text, bytes(1))
-    with pytest.raises(VitError, match=r"duplicate key 'a': not supported by this project"):
+    with pytest.raises(FormatError, match=r"duplicate key 'a': not supported by this project"):
         read_safetensors(path)
 
 
@@ -396,12 +396,12 @@ READERS: dict[str, Callable[[Path], object]] = {"safetensors": read_safetensors,
 def test_readers_refuse_fifos_devices_and_folders(tmp_path, reader):
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)  # nobody ever writes to it: opening it to read would wait forever
-    with _within(10), pytest.raises(VitError, match=rf"{fifo}: not a regular file \(a fifo\)"):
+    with _within(10), pytest.raises(FormatError, match=rf"{fifo}: not a regular file \(a fifo\)"):
         READERS[reader](fifo)
-    with pytest.raises(VitError, match=rf"{tmp_path}: not a regular file \(a folder\)"):
+    with pytest.raises(FormatError, match=rf"{tmp_path}: not a regular file \(a folder\)"):
         READERS[reader](tmp_path)
     if Path("/dev/zero").exists():  # endless zeros: a size check against them would never end
-        with _within(10), pytest.raises(VitError, match=r"/dev/zero: not a regular file \(a device or socket\)"):
+        with _within(10), pytest.raises(FormatError, match=r"/dev/zero: not a regular file \(a device or socket\)"):
             READERS[reader]("/dev/zero")
 
 

@@ -48,7 +48,7 @@ from torch._utils import ExceptionWrapper
 
 from vit.augment import eval_transform
 from vit.data import FolderLoader
-from vit.errors import VitError
+from vit.errors import USER_ERRORS
 from vit.folders import ImageFolderDataset, MAX_IMAGE_BYTES, find_classes, folder_splits, open_image
 from vit.formats import read_cifar_batch, read_idx, read_safetensors
 from vit.model import ViTConfig, VisionTransformer
@@ -500,7 +500,7 @@ def attempt(read: Callable[[Path], object], path: Path, what: str, failures: lis
     try:
         with deadline(CASE_DEADLINE_S):
             return "read", read(path)
-    except VitError as e:
+    except USER_ERRORS as e:
         if str(path) in str(e):
             return "refused", None
         failures.append(f"{what}: VitError does not name the file: {e}")
@@ -591,7 +591,7 @@ def test_cases_are_reproducible_from_their_seed(fmt, tmp_path):
 def test_idx_with_more_dims_than_numpy_holds(tmp_path):
     path = tmp_path / "deep-idx"
     path.write_bytes(bytes([0, 0, 8, 65]) + struct.pack(">65I", *[1] * 65) + b"\x07")
-    with pytest.raises(VitError, match=rf"{path}: 65 dims"):
+    with pytest.raises(USER_ERRORS, match=rf"{path}: 65 dims"):
         read_idx(path)
     path.write_bytes(bytes([0, 0, 8, 32]) + struct.pack(">32I", *[1] * 32) + b"\x07")
     assert read_idx(path).shape == (1,) * 32
@@ -608,7 +608,7 @@ def test_declared_10_to_the_12_elements_in_1_kb_fail_before_allocating(fmt, tmp_
         path.write_bytes(gzip.compress(data) if fmt == "idx-gzip" else data)
     tracemalloc.start()
     try:
-        with pytest.raises(VitError, match=rf"{path}: .*(truncated|run past)"):
+        with pytest.raises(USER_ERRORS, match=rf"{path}: .*(truncated|run past)"):
             (read_safetensors if fmt == "safetensors" else read_idx)(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -669,7 +669,7 @@ def test_fuzz_images_slow(tmp_path, monkeypatch):
 def test_predict_names_an_image_pillow_fails_on_with_a_value_error(tmp_path):
     path = tmp_path / "bad.ppm"
     path.write_bytes(b"P6\n20!16\n255\n" + bytes(100))  # Pillow: ValueError, not OSError
-    with pytest.raises(VitError, match=rf"{path}: cannot read the image"):
+    with pytest.raises(USER_ERRORS, match=rf"{path}: cannot read the image"):
         open_image(str(path))
 
 
@@ -921,13 +921,13 @@ def _sparse_jpeg(path: Path, size: int) -> Path:
 def test_a_gigabyte_file_named_like_an_image_is_refused_without_decoding(tmp_path):
     path = _sparse_jpeg(tmp_path / "photo.jpg", 1 << 30)
     start = time.monotonic()
-    with deadline(CASE_DEADLINE_S), pytest.raises(VitError) as e:
+    with deadline(CASE_DEADLINE_S), pytest.raises(USER_ERRORS) as e:
         open_image(path)
     assert time.monotonic() - start < 1.0
     assert str(e.value) == (f"{path}: cannot read the image: {1 << 30} bytes, more than the {MAX_IMAGE_BYTES} an "
                             "image file may have; remove or replace the file")
     small = _sparse_jpeg(tmp_path / "small.jpg", 1 << 20)  # under the bound: Pillow's own refusal, in well under 1 s
-    with deadline(CASE_DEADLINE_S), pytest.raises(VitError, match=rf"{small}: cannot read the image \("):
+    with deadline(CASE_DEADLINE_S), pytest.raises(USER_ERRORS, match=rf"{small}: cannot read the image \("):
         open_image(small)
 
 
@@ -935,7 +935,7 @@ def test_a_gigabyte_file_named_like_an_image_is_refused_without_decoding(tmp_pat
 def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "photo.jpg"
     os.mkfifo(fifo)  # vit.predict takes image paths as given: nobody ever writes to this one
-    with deadline(CASE_DEADLINE_S), pytest.raises(VitError, match=rf"{fifo}: not a regular file \(a fifo\)"):
+    with deadline(CASE_DEADLINE_S), pytest.raises(USER_ERRORS, match=rf"{fifo}: not a regular file \(a fifo\)"):
         open_image(fifo)
 
 
@@ -953,7 +953,7 @@ def test_an_extreme_strip_in_val_is_evaluated_within_the_crops_memory(tmp_path, 
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
 def test_hostile_image_fails_at_decode_naming_the_file(tmp_path, name):
     ds, bad, index = _one_sample(tmp_path, name, HOSTILE_FILES[name])
-    with pytest.raises(VitError, match=rf"{bad}: cannot read the image") as e:
+    with pytest.raises(USER_ERRORS, match=rf"{bad}: cannot read the image") as e:
         ds[index]
     if name == "bomb.png":
         assert "DecompressionBomb" in str(e.value)
@@ -984,12 +984,12 @@ def test_worker_errors_reach_the_user_without_a_worker_traceback(tmp_path, monke
     def worker_batches() -> Iterator[None]:
         try:
             ds[index]
-        except VitError:
+        except USER_ERRORS:
             ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0").reraise()
         yield
 
     monkeypatch.setattr(loader, "loader", worker_batches())
-    with pytest.raises(VitError) as e:
+    with pytest.raises(USER_ERRORS) as e:
         list(loader)
     assert str(e.value).startswith(f"{bad}: cannot read the image") and "Traceback" not in str(e.value), e.value
 
@@ -998,7 +998,7 @@ def test_worker_errors_reach_the_user_without_a_worker_traceback(tmp_path, monke
 def test_real_worker_error_reaches_the_user_without_a_traceback(tmp_path):
     ds, bad, _ = _one_sample(tmp_path, "half.png", HOSTILE_FILES["half.png"])
     loader = FolderLoader(ds, batch_size=2, shuffle=False, drop_last=False, workers=1)
-    with pytest.raises(VitError) as e:
+    with pytest.raises(USER_ERRORS) as e:
         list(loader)
     assert str(e.value).startswith(f"{bad}: cannot read the image") and "Traceback" not in str(e.value), e.value
 
@@ -1010,11 +1010,11 @@ def test_symlink_loops_are_named_at_scan_time(tmp_path):
     train, _, classes = folder_splits(root, val_fraction=0.0)
     assert classes == ["a"] and [p.name for p, _ in train] == ["good.png"]
     os.symlink("self.jpg", root / "a" / "self.jpg")  # a link to itself, named like an image
-    with pytest.raises(VitError, match=rf"{root / 'a' / 'self.jpg'}: cannot read"):
+    with pytest.raises(USER_ERRORS, match=rf"{root / 'a' / 'self.jpg'}: cannot read"):
         folder_splits(root, val_fraction=0.0)
     (root / "a" / "self.jpg").unlink()
     os.symlink("loop", root / "loop")  # a class "folder" that is a link to itself
-    with pytest.raises(VitError, match=rf"{root / 'loop'}: cannot read"):
+    with pytest.raises(USER_ERRORS, match=rf"{root / 'loop'}: cannot read"):
         find_classes(root)
 
 
@@ -1030,7 +1030,7 @@ def test_unreadable_folder_is_named_simulated(tmp_path, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", refuse)
-    with pytest.raises(VitError, match=rf"{root / 'a'}: cannot read \(Permission denied\)"):
+    with pytest.raises(USER_ERRORS, match=rf"{root / 'a'}: cannot read \(Permission denied\)"):
         folder_splits(root, val_fraction=0.0)
 
 
@@ -1044,10 +1044,10 @@ def test_unreadable_files_and_folders_are_named(tmp_path):
     try:
         train, _, _ = folder_splits(root, val_fraction=0.0)
         index = [p for p, _ in train].index(locked)
-        with pytest.raises(VitError, match=rf"{locked}: cannot read the image"):
+        with pytest.raises(USER_ERRORS, match=rf"{locked}: cannot read the image"):
             ImageFolderDataset(train, Tiny())[index]
         (root / "a").chmod(0)
-        with pytest.raises(VitError, match=rf"{root / 'a'}: cannot read"):
+        with pytest.raises(USER_ERRORS, match=rf"{root / 'a'}: cannot read"):
             folder_splits(root, val_fraction=0.0)
     finally:
         (root / "a").chmod(0o755)
@@ -1066,7 +1066,7 @@ def test_non_utf8_names_load_and_are_named_in_errors(tmp_path):
     ds = ImageFolderDataset(train, Tiny())
     paths = [p for p, _ in train]
     assert ds[paths.index(good)][0].shape == (3, 8, 8)
-    with pytest.raises(VitError) as e:
+    with pytest.raises(USER_ERRORS) as e:
         ds[paths.index(bad)]
     assert str(bad) in str(e.value)
     str(e.value).encode("utf-8", "backslashreplace")  # printable the way sys.stderr prints it

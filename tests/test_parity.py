@@ -29,7 +29,7 @@ def probe(name: str = "tiny_probe.safetensors") -> dict[str, torch.Tensor]:
 ])
 def test_timm_checkpoints_reproduce_timm_logits(name, ref, atol, kw):
     model, info = load_checkpoint(FIXTURES / name, num_heads=3, **kw)
-    assert info["layout"] == "timm" and not info["head_reset"] and info["resampled"] is None
+    assert info["layout"] == "timm" and info["resampled"] is None
     assert model.cfg == ViTConfig(**TINY, **kw)
     with torch.no_grad():
         logits = model.eval()(probe()["input"])

@@ -144,7 +144,7 @@ def test_a_bad_saved_config_field_exits_1_naming_the_file_and_field(tmp_path, ca
         run_cli(lambda: main(["--checkpoint", str(ckpt), str(write_png(tmp_path / "photo.png"))]))
     captured = capsys.readouterr()
     assert e.value.code == 1 and captured.out == ""
-    assert captured.err.splitlines()[-1].startswith(f"error: {ckpt}: config field {field} is "), captured.err
+    assert captured.err.splitlines()[-1].startswith(f"error: {ckpt}: invalid config: {field} is "), captured.err
 
 
 def test_an_extreme_strip_is_classified_within_the_crops_memory(tmp_path, capsys, monkeypatch):

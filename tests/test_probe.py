@@ -14,7 +14,7 @@ from vit.engine import fit
 from vit.formats import read_safetensors
 from vit.probe import feature_data
 from vit.recipes import RECIPES
-from vit.runtime import Runtime
+from vit.config import Runtime
 from vit.weights import load_checkpoint
 from helpers import write_scenes  # tests/helpers.py
 
@@ -82,7 +82,7 @@ def test_probe_views_add_seeded_augmented_views_of_the_training_images(tmp_path)
     assert not torch.allclose(three.train.x[12:24], one.train.x)  # then random-resized crops
     assert not torch.allclose(three.train.x[12:24], three.train.x[24:])  # a different draw per view
     assert torch.equal(three.train.x, again.train.x)  # seeded
-    assert torch.equal(three.val.x, one.val.x)  # validation: the eval view only
+    assert torch.equal(three.held_out.x, one.held_out.x)  # validation: the eval view only
 
 
 def test_finetune_freeze_caches_features_and_predict_reads_the_checkpoint(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from vit import augment, engine, runtime
+from vit.config import Runtime
 from vit.errors import run_cli
 from vit.formats import read_safetensors
 from vit.model import PRESETS, ViTConfig
@@ -92,7 +93,7 @@ def test_evaluate_averages_the_probabilities_of_the_tta_views():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 4))  # sees every pixel shift
     x, y = torch.rand(10, 2, 6, 6), torch.arange(10) % 4
     loader = [(x[:6], y[:6]), (x[6:], y[6:])]
-    rt = runtime.Runtime(torch.device("cpu"), amp=False)
+    rt = Runtime(torch.device("cpu"), amp=False)
     plain = engine.evaluate(model, loader, lambda v: v * 2, 4, rt)
     with torch.no_grad():
         logits = model(x * 2)
@@ -331,9 +332,9 @@ def test_ddp_shutdown_waits_for_every_process_before_tearing_down(monkeypatch):
     calls = []
     monkeypatch.setattr(runtime.dist, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(runtime.dist, "destroy_process_group", lambda: calls.append("destroy"))
-    runtime.shutdown(runtime.Runtime(torch.device("cpu"), amp=False, rank=1, world_size=2))
+    runtime.shutdown(Runtime(torch.device("cpu"), amp=False, rank=1, world_size=2))
     assert calls == ["barrier", "destroy"]
-    runtime.shutdown(runtime.Runtime(torch.device("cpu"), amp=False))  # one process: no process group to end
+    runtime.shutdown(Runtime(torch.device("cpu"), amp=False))  # one process: no process group to end
     assert calls == ["barrier", "destroy"]
 
 

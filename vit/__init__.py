@@ -16,7 +16,7 @@ import importlib
 _HOMES = {"TrainConfig": "config", "Data": "data", "folder_data": "data", "tensor_data": "data",
           "load_tensor_dataset": "datasets", "evaluate": "engine", "fit": "engine", "VitError": "errors",
           "PRESETS": "model", "ViTConfig": "model", "VisionTransformer": "model", "count_params": "model",
-          "RECIPE_PRESETS": "recipes", "RECIPES": "recipes", "Runtime": "runtime", "setup_runtime": "runtime",
+          "RECIPE_PRESETS": "recipes", "RECIPES": "recipes", "Runtime": "config", "setup_runtime": "runtime",
           "load_checkpoint": "weights", "save_checkpoint": "weights"}
 
 __version__ = "0.1.0"

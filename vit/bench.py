@@ -31,15 +31,15 @@ from PIL import Image
 import torch.nn.functional as F
 from torch import nn
 
-from vit.augment import batch_augment
-from vit.datasets import CIFAR_FILES, load_tensor_dataset
-from vit.errors import VitError, run_cli
-from vit.folders import ImageFolderDataset, folder_splits
-from vit.formats import read_safetensors, write_safetensors
-from vit.model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer, count_params
-from vit.recipes import RECIPE_PRESETS, RECIPES
-from vit.runtime import has_amx_bf16
-from vit.weights import load_checkpoint
+from .augment import batch_augment
+from .datasets import CIFAR_FILES, load_tensor_dataset
+from .errors import VitError, run_cli
+from .folders import ImageFolderDataset, folder_splits
+from .formats import read_safetensors, write_safetensors
+from .model import PRESETS, PatchEmbed, ViTConfig, VisionTransformer, count_params
+from .recipes import RECIPE_PRESETS, RECIPES
+from .runtime import has_amx_bf16
+from .weights import load_checkpoint
 
 
 def _best_times(fns: list[Callable[[], object]], repeat: int) -> list[float]:

@@ -19,13 +19,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from .augment import TTA_VIEWS, aug_problem
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, Runtime, TrainConfig
 from .data import Data
-from .engine import evaluate_saved, fit
+from .engine import evaluate, fit, runs_on
 from .errors import VitError
 from .model import ViTConfig, VisionTransformer
-from .runs import RESUMABLE, changed_settings, read_record, run_folder
-from .runtime import AMP_MIN_WIDTH, FUSED_MIN_HEAD_DIM, Runtime, setup_runtime, shutdown, world_size
+from .runs import RESUMABLE, changed_settings, load_scored_weights, read_record, run_folder, tta_note
+from .runtime import AMP_MIN_WIDTH, FUSED_MIN_HEAD_DIM, setup_runtime, shutdown, world_size
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 # train.py's architecture flag -> the ViTConfig field it overrides in the preset (finetune.py has --patch)
@@ -152,7 +152,7 @@ def check_system_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--overwrite starts afresh; it cannot be combined with --resume")
 
 
-def runtime(args: argparse.Namespace, model: ViTConfig) -> Runtime:
+def choose_runtime(args: argparse.Namespace, model: ViTConfig) -> Runtime:
     """The Runtime the system flags ask for, for the architecture `model` (joins torchrun's DDP job when
     launched by it); prints the device, precision and attention kernel chosen, and why."""
     rt = setup_runtime(args.device, amp=args.amp, attn=args.attn, threads=args.threads, compile=args.compile,
@@ -163,8 +163,8 @@ def runtime(args: argparse.Namespace, model: ViTConfig) -> Runtime:
     return rt
 
 
-def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, args: argparse.Namespace,
-        run_name: str, metadata: dict[str, str] | None = None) -> dict:
+def train_or_evaluate(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, args: argparse.Namespace,
+                      run_name: str, metadata: dict[str, str] | None = None) -> dict:
     """What both scripts do once model and data are built: find the run folder (--output, --resume),
     then train (or, with --eval-only, score the saved state), and end the DDP job."""
     out, resume_from = run_folder(args.resume, args.output, run_name, cfg.epochs, main=rt.main,
@@ -175,11 +175,25 @@ def run(model: VisionTransformer, data: Data, cfg: TrainConfig, rt: Runtime, arg
     if args.eval_only:
         if resume_from is None:
             raise VitError(f"--eval-only --resume {args.resume}: no saved state found in {out}; nothing to evaluate")
-        results = evaluate_saved(model, data, cfg, resume_from, rt=rt, fallback=fallback)
+        results = evaluate_saved(model, data, cfg, resume_from, rt, fallback)
     else:
         results = fit(model, data, cfg, rt=rt, out=out, resume_from=resume_from, fallback=fallback, metadata=metadata)
     shutdown(rt)
     return results
+
+
+def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state: Path, rt: Runtime,
+                   fallback: bool) -> dict:
+    """--eval-only: scores the weights saved in the resume state `state` on data.held_out (the EMA average
+    where the run kept one: that is what it reported), with cfg.tta's views; prints and returns the result."""
+    model.to(rt.device)
+    if rt.fused_attn is not None:
+        model.set_fused_attn(rt.fused_attn)
+    scored = load_scored_weights(state, fallback, model)
+    result = evaluate(runs_on(scored, data), data.held_out, data.prepare_eval, len(data.classes), rt, cfg.tta)
+    if rt.main:
+        print(f"{data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images){tta_note(result, cfg.tta)}")
+    return result
 
 
 def check_resume(out: Path, cfg: TrainConfig, model_cfg: ViTConfig, classes: list[str], args: argparse.Namespace,

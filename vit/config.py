@@ -1,17 +1,25 @@
-"""The typed run config: every training choice of a run, with its checks in one place.
+"""The typed run configs: what a run trains with (`TrainConfig`) and where it runs (`Runtime`).
 
-`TrainConfig` holds what a run trains with (optimisation, regularisation, augmentation, evaluation),
-never the architecture (`vit.model.ViTConfig`) nor where and how it runs (`vit.runtime.Runtime`:
-device, processes, attention kernel). train.py and finetune.py build one from a recipe
-(`vit.recipes.RECIPES`) and the flags the user gave; from Python, take a recipe and `.replace()` what
-you want to change. It is saved in each run's args.json, and never restored into a model.
+`TrainConfig` holds every training choice (optimisation, regularisation, augmentation, evaluation),
+with its checks gathered below the fields; never the architecture (`vit.model.ViTConfig`). The
+commands build one from a recipe (`vit.recipes.RECIPES`) and the flags the user gave; from Python,
+take a recipe and `.replace()` what you want to change. It is saved in each run's args.json.
+
+`Runtime` says where and how the loop computes: the device, this process's place in a DDP job, bf16
+autocast, the attention kernel, compilation. These are chosen afresh at every run and never saved
+with a model (the same checkpoint trains on a CPU and on a GPU); `vit.runtime.setup_runtime` makes
+the choices for the commands, by measurement. `Runtime()` is one process on the CPU in fp32.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
 
 from .augment import TTA_VIEWS, augmentations
 from .errors import is_int, is_number
@@ -93,3 +101,36 @@ class TrainConfig:
     def replace(self, **changes: object) -> TrainConfig:
         """A copy with `changes` applied, checked like a new config."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Runtime:
+    """The device, this process's place in a DDP job, and how the model runs there."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False  # bf16 autocast
+    amp_reason: str = ""  # why amp is on or off, for the line a run prints
+    rank: int = 0  # this process in a DDP job (0: the main process, which writes the outputs)
+    world_size: int = 1  # processes in the job
+    fused_attn: bool | None = None  # F.scaled_dot_product_attention (True) or explicit; None: the model's own
+    compile: bool = False  # torch.compile the model for training
+    workers: int = 0  # DataLoader worker processes for image folders
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sums `t` over processes (exact for counts and sums; identity in a single process)."""
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module as it trains here: replicated across the DDP job's processes, compiled if asked."""
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return torch.compile(module) if self.compile else module

@@ -16,13 +16,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from vit.augment import (BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize,
+from .augment import (BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize,
                          train_transform)
-from vit.config import TrainConfig
-from vit.datasets import TensorDataset, load_tensor_dataset, select_classes
-from vit.errors import VitError
-from vit.folders import ImageFolderDataset, check_fits_in_memory, decode_all, folder_samples, pixel_stats
-from vit.runtime import Runtime
+from .config import Runtime, TrainConfig
+from .datasets import TensorDataset, load_tensor_dataset, select_classes
+from .errors import VitError
+from .folders import ImageFolderDataset, check_fits_in_memory, decode_all, folder_samples, pixel_stats
 
 
 class TensorLoader:
@@ -127,6 +126,16 @@ class FolderLoader:
             raise VitError(message.rstrip("\n")) from None
 
 
+def batching(cfg: TrainConfig, rt: Runtime, samples: int, train: bool) -> dict:
+    """How this process batches a set of `samples` (TensorLoader's and FolderLoader's arguments): its share
+    of cfg.batch_size, over its own shard of the set. Training shuffles by cfg.seed and takes full batches
+    only, so that DDP ranks stay in step (a set smaller than one batch trains whole); evaluation goes in
+    order and keeps the last, partial batch."""
+    per_process = cfg.batch_size // rt.world_size
+    return dict(batch_size=per_process, shuffle=train, drop_last=train and samples >= per_process * rt.world_size,
+                seed=cfg.seed, rank=rt.rank, world_size=rt.world_size)
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
@@ -142,13 +151,13 @@ class Data:
     scores the model's head alone.
     """
     train: Iterable
-    val: Iterable
+    held_out: Iterable  # the images scored during training: a validation split, or a dataset's test set (`split`)
     prepare_train: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
     prepare_eval: Callable[[torch.Tensor], torch.Tensor]
     classes: list[str]
     mean: list[float]  # normalisation of the inputs, saved in checkpoints for vit.predict
     std: list[float]
-    split: str = "val"  # what `val` is: "test" (a dataset's official test set) or "val" (a held-out split)
+    split: str = "val"  # what `held_out` is: "test" (a dataset's official test set) or "val" (a held-out split)
     features: bool = False  # the loaders yield cached features (B, D), not images (see vit.probe)
 
 
@@ -171,22 +180,17 @@ def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime |
     ds = load_tensor_dataset(name, data_dir, download=download)
     if classes:
         ds = select_classes(ds, classes)
-    return in_memory_data(ds, cfg, rt or Runtime(torch.device("cpu")), "test")
+    return in_memory_data(ds, cfg, rt or Runtime(), "test")
 
 
 def in_memory_data(ds: TensorDataset, cfg: TrainConfig, rt: Runtime, split: str) -> Data:
     """The loaders of a dataset held as uint8 tensors, moved to the training device: batches gathered
     by TensorLoader, augmented per batch (cfg.aug, cfg.crop_padding), normalised, mixed."""
     dev = rt.device
-    per_process = cfg.batch_size // rt.world_size
-    # full batches only, so DDP ranks stay in step; a set smaller than one batch trains on it whole
-    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), per_process, shuffle=True,
-                         drop_last=len(ds.train_x) >= per_process * rt.world_size, seed=cfg.seed, rank=rt.rank,
-                         world_size=rt.world_size)
-    # evaluation in training-size batches: on the CPU batches of 512 ran 1.3x (MNIST) to 1.6x (CIFAR-10)
-    # slower than 128, the attention maps no longer fitting in cache
-    test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), per_process, shuffle=False, drop_last=False,
-                        rank=rt.rank, world_size=rt.world_size)
+    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), **batching(cfg, rt, len(ds.train_x), train=True))
+    # evaluation in training-size batches: larger ones ran slower on the CPU (the attention maps no longer
+    # fit in cache)
+    test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), **batching(cfg, rt, len(ds.test_x), train=False))
     augment, mix = batch_augment(cfg.aug, cfg.crop_padding), _mixer(cfg, len(ds.classes))
 
     def prepare_train(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +214,7 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
       workers, with random-resized-crop + flip (+ cfg.jitter), or the eval view (resize + centre crop);
       ImageNet's mean/std by default.
     Validation: resize + centre crop (the first: no margin; the second: timm's crop_pct 0.9)."""
-    rt = rt or Runtime(torch.device("cpu"))
+    rt = rt or Runtime()
     problem = aug_problem(cfg.aug, folder=True)
     if problem:
         raise VitError(problem)
@@ -229,9 +233,9 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
     train_tf = (eval_tf if cfg.aug == "resize"
                 else train_transform(img_size, mean, std, cfg.jitter, interpolation=interp))
-    per_process = cfg.batch_size // rt.world_size
-    common = dict(workers=rt.workers, rank=rt.rank, world_size=rt.world_size, pin_memory=rt.device.type == "cuda")
-    train = FolderLoader(ImageFolderDataset(train_samples, train_tf, seed=cfg.seed), per_process, shuffle=True,
-                         drop_last=len(train_samples) >= per_process * rt.world_size, seed=cfg.seed, **common)
-    val = FolderLoader(ImageFolderDataset(val_samples, eval_tf), per_process, shuffle=False, drop_last=False, **common)
+    loading = dict(workers=rt.workers, pin_memory=rt.device.type == "cuda")
+    train = FolderLoader(ImageFolderDataset(train_samples, train_tf, seed=cfg.seed),
+                         **batching(cfg, rt, len(train_samples), train=True), **loading)
+    val = FolderLoader(ImageFolderDataset(val_samples, eval_tf), **batching(cfg, rt, len(val_samples), train=False),
+                       **loading)
     return Data(train, val, _mixer(cfg, len(classes)), lambda x: x, classes, list(mean), list(std), "val")

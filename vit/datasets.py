@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vit.download import download as download_file
-from vit.download import extract_tar, md5_file
-from vit.errors import VitError
-from vit.formats import read_cifar_batch, read_idx
+from .download import download as download_file
+from .download import extract_tar, md5_file
+from .errors import VitError
+from .formats import FormatError, read_cifar_batch, read_idx
 
 # name -> (channels, image side) of each built-in dataset's images
 IMAGE_SHAPES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
@@ -125,8 +125,8 @@ def _read_checked_idx(path: Path, ndim: int) -> np.ndarray:
     """read_idx plus the MNIST-family checks: uint8, `ndim` dims, 28x28 images."""
     try:
         array = read_idx(path)
-    except VitError as e:
-        raise VitError(f"{e} (delete the file to download it again)") from e
+    except FormatError as e:
+        raise VitError(f"{e} (delete the file to download it again)") from None
     if array.dtype != np.uint8 or array.ndim != ndim or (ndim == 3 and array.shape[1:] != (28, 28)):
         kind = "images (N, 28, 28)" if ndim == 3 else "labels (N,)"
         raise VitError(f"{path}: expected uint8 {kind}, got {array.dtype} {array.shape}")

@@ -24,8 +24,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterable
 
-from vit.errors import VitError
-from vit.formats import atomic_write
+from .errors import VitError
+from .files import atomic_write
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough to keep memory flat
 _SCHEMES = ("http", "https")  # urllib also opens file:// and ftp://; a data URL must never reach those

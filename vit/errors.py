@@ -1,11 +1,12 @@
 """Bad input and what it becomes: the project's error class, the value checks every reader shares, the error exit.
 
-A user mistake or a bad file raises `VitError` with a message that names the path or the flag and
-what is wrong. Every command (`train.py`, `finetune.py`, `python -m vit.<tool>`) runs its main() in
-`run_cli`, which turns that error into one line on stderr and exit 1, and Ctrl-C into one line and
-exit 130: no traceback reaches a user for a mistake of theirs. This file imports nothing of the
-package, so a tool that only reads files gets its error handling without the training stack.
-(vit/model.py checks its config on its own: it stands alone, importing only torch.)
+A user mistake, a bad folder or a failed download raises `VitError` with a message that names the
+path or the flag and what is wrong; a file whose bytes are wrong raises `vit.formats.FormatError`
+(and a checkpoint that is no ViT, its subclass `vit.weights.CheckpointError`), kept in those files so
+that each can be copied without this one. `USER_ERRORS` is the two together. Every command
+(`train.py`, `finetune.py`, `python -m vit.<tool>`) runs its main() in `run_cli`, which turns them
+into one line on stderr and exit 1, and Ctrl-C into one line and exit 130: no traceback reaches a
+user for a mistake of theirs. (vit/model.py checks its config with ValueError: it stands alone.)
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import argparse
 import sys
 from typing import Callable
 
+from .formats import FormatError
+
 
 class VitError(ValueError):
-    """The project's one error class: a bad file, folder, download or argument, with a clear message."""
+    """The project's error class: a bad folder, download, run folder or argument, with a clear message."""
+
+
+USER_ERRORS = (VitError, FormatError)  # what a user can cause, and so reads as one line, not a traceback
 
 
 def is_int(value: object) -> bool:
@@ -38,11 +44,11 @@ def positive_int(text: str) -> int:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Runs an entry point's main(); a VitError (a user mistake or a bad file) becomes a message and exit 1,
+    """Runs an entry point's main(); a user error (USER_ERRORS: a mistake or a bad file) becomes a message and exit 1,
     Ctrl-C one line saying what was kept and exit 130 (128 + SIGINT, as a shell reports it)."""
     try:
         main()
-    except VitError as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as e:

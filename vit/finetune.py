@@ -19,17 +19,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit.augment import BATCH_PRESETS, augmentations
-from vit.cli import (add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog, run, runtime,
-                     train_config)
-from vit.config import TrainConfig
-from vit.data import folder_data
-from vit.errors import VitError, run_cli
-from vit.folders import find_classes, split_folders
-from vit.model import PRESETS, describe
-from vit.probe import feature_data
-from vit.recipes import RECIPES
-from vit.weights import load_checkpoint, saved_normalisation
+from .augment import BATCH_PRESETS, augmentations
+from .cli import (add_common_args, check_aug_flags, check_system_args, choose_runtime, print_config, recipes_epilog,
+                  train_config, train_or_evaluate)
+from .config import TrainConfig
+from .data import folder_data
+from .errors import VitError, run_cli
+from .folders import find_classes, split_folders
+from .model import PRESETS, describe
+from .probe import feature_data
+from .recipes import RECIPES
+from .weights import load_checkpoint, saved_normalisation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise VitError(f"{args.weights}: the model takes {model.cfg.in_chans}-channel images; finetune.py feeds "
                        "RGB images from a folder")
     mean, std = saved_normalisation(info["layout"], info["metadata"], model.cfg.in_chans)
-    rt = runtime(args, model.cfg)
+    rt = choose_runtime(args, model.cfg)
     if rt.main:
         resampled = "; pos_embed resampled from {} to {}".format(*info["resampled"]) if info["resampled"] else ""
         print(f"loaded {args.weights} ({info['layout']} layout): {describe(model.cfg)}; normalised with mean "
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         data = feature_data(args.data, model, cfg, args.img_size, rt, mean=mean, std=std, views=args.probe_views or 1)
     else:
         data = folder_data(args.data, cfg, args.img_size, rt, mean=mean, std=std)
-    return run(model, data, cfg, rt, args, f"finetune-{args.data.resolve().name}", {"weights": str(args.weights)})
+    return train_or_evaluate(model, data, cfg, rt, args, f"finetune-{args.data.resolve().name}", {"weights": str(args.weights)})
 
 
 if __name__ == "__main__":

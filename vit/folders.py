@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vit.augment import ResizeCenterCrop, mix_seed
-from vit.errors import VitError
-from vit.formats import open_regular
+from .augment import ResizeCenterCrop, mix_seed
+from .errors import VitError
+from .formats import FormatError, open_regular
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -161,6 +161,8 @@ def open_image(path: str | Path, draft_size: int = 0) -> Image.Image:
         f = open_regular(path)
     except OSError as e:  # missing, unreadable
         raise VitError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    except FormatError as e:  # a fifo, a device, a folder
+        raise VitError(str(e)) from None
     with f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_IMAGE_BYTES:

@@ -17,14 +17,14 @@ Shapes: images (B, C, H, W); tokens (B, N, D); attention heads (B, h, N, d) with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViTConfig:
     img_size: int = 224  # input height = width, in pixels
     patch_size: int = 16  # side P of a square patch; img_size must be a multiple of it
@@ -51,6 +51,8 @@ class ViTConfig:
             problem = field_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
+            if _FIELD_TYPES[f.name] == "float":  # a JSON file may write 4.0 as 4
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -74,7 +76,9 @@ _CHOICES = {"patch_embed": ("manual", "conv", "stem"), "pos_embed": ("learned", 
             "global_pool": ("token", "avg")}
 _AT_LEAST_1 = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
 _RATES = ("drop_rate", "attn_drop_rate", "drop_path_rate")
-_FIELD_TYPES = {f.name: f.type for f in fields(ViTConfig)}  # name -> 'int', 'float', 'bool' or 'str'
+# name -> 'int', 'float', 'bool' or 'str': the type of the field's default (every field has one), so the
+# check does not depend on how the annotations are stored
+_FIELD_TYPES = {f.name: type(f.default).__name__ for f in fields(ViTConfig)}
 
 
 def field_problem(name: str, value: object) -> str:
@@ -326,8 +330,9 @@ class VisionTransformer(nn.Module):
             block.attn.fused = fused
 
     def reset_head(self, num_classes: int) -> None:
-        """Replaces the head by a zero-initialised Linear for `num_classes` (for fine-tuning)."""
-        self.cfg.num_classes = num_classes
+        """Replaces the head by a zero-initialised Linear for `num_classes` (for fine-tuning); the model's
+        config becomes a new one with that class count (the caller's config is left as it was)."""
+        self.cfg = replace(self.cfg, num_classes=num_classes)
         self.head = nn.Linear(self.cfg.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.zeros_(self.head.weight)

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vit.augment import eval_transform
-from vit.errors import VitError, positive_int, run_cli
-from vit.folders import read_image
-from vit.model import describe
-from vit.weights import load_checkpoint, saved_normalisation
+from .augment import eval_transform
+from .errors import VitError, positive_int, run_cli
+from .folders import read_image
+from .model import describe
+from .weights import load_checkpoint, saved_normalisation
 
 CROP_PCT = 0.9  # timm's default eval crop for vit_base_patch16_224
 BATCH = 16  # images per forward pass

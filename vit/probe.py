@@ -24,12 +24,11 @@ from typing import Sequence
 import torch
 
 from .augment import eval_transform, train_transform
-from .config import TrainConfig
-from .data import INTERPOLATIONS, Data, FolderLoader, TensorLoader
-from .engine import Progress
+from .config import Runtime, TrainConfig
+from .data import INTERPOLATIONS, Data, FolderLoader, TensorLoader, batching
 from .folders import ImageFolderDataset, folder_samples
 from .model import VisionTransformer
-from .runtime import Runtime
+from .progress import Progress
 
 
 @torch.no_grad()
@@ -64,9 +63,8 @@ def feature_data(root: str | Path, model: VisionTransformer, cfg: TrainConfig, i
     model.to(rt.device).set_fused_attn(rt.fused_attn)
     interp = INTERPOLATIONS[interpolation]
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
-    per_process = cfg.batch_size // rt.world_size
     # every process reads every image (no shard): each needs all the features
-    in_order = dict(batch_size=per_process, shuffle=False, drop_last=False, workers=rt.workers,
+    in_order = dict(batching(cfg, rt, len(train_samples), train=False), rank=0, world_size=1, workers=rt.workers,
                     pin_memory=rt.device.type == "cuda")
     start = time.perf_counter()
     train_f, train_y = extract_features(model, FolderLoader(ImageFolderDataset(train_samples, eval_tf), **in_order),
@@ -85,8 +83,6 @@ def feature_data(root: str | Path, model: VisionTransformer, cfg: TrainConfig, i
         seconds = time.perf_counter() - start
         print(f"cached {images} feature vectors ({views} view(s) of each training image) in {seconds:.0f} s "
               f"({images / max(seconds, 1e-9):.1f} img/s); training the head on them", file=sys.stderr)
-    shard = dict(rank=rt.rank, world_size=rt.world_size)
-    train = TensorLoader(train_f, train_y, per_process, shuffle=True, drop_last=len(train_f) >= per_process * rt.world_size,
-                         seed=cfg.seed, **shard)
-    val = TensorLoader(val_f, val_y, per_process, shuffle=False, drop_last=False, **shard)
+    train = TensorLoader(train_f, train_y, **batching(cfg, rt, len(train_f), train=True))
+    val = TensorLoader(val_f, val_y, **batching(cfg, rt, len(val_f), train=False))
     return Data(train, val, lambda f, y, g: (f, y), lambda f: f, classes, list(mean), list(std), "val", features=True)

@@ -21,8 +21,10 @@ leaves a half-written one under its real name):
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+import math
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import asdict
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,8 +41,12 @@ import torch
 import torch.nn as nn
 
 from . import plot
+from .config import Runtime, TrainConfig
+from .data import Data
 from .errors import VitError, is_int
-from .formats import atomic_write
+from .files import atomic_write
+from .progress import Progress, RunEstimate
+from .weights import save_checkpoint
 
 STATE_FILE, PREV_STATE_FILE, LOCK_FILE = "state.pt", "state.prev.pt", ".lock"
 STATE_KEYS = {"model", "optimizer", "epoch", "step", "history"}
@@ -308,6 +315,12 @@ def remove_stale_temporaries(out: Path) -> None:
 # Files for the user
 
 
+def save_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
+    """A checkpoint of the run (vit.weights.save_checkpoint), written whole or not at all."""
+    with atomic_write(path) as f:
+        save_checkpoint(f, model, metadata)
+
+
 def write_json(path: Path, obj: dict) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
@@ -417,3 +430,180 @@ def record_run(folder: Path, config: dict, model: dict, classes: list[str], resu
     if changes:
         record["resumes"] = [*record.get("resumes", []), {"command": sys.argv, "changes": changes}]
         write_json(folder / "args.json", record)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run, as vit.engine.fit sees it: one object for all of the above
+
+
+class Run:
+    """What `fit` leaves on disk and says on the way, behind one door: the run folder (claimed and
+    recorded), the resume state, the checkpoints, metrics and results, the progress lines, and the
+    message a stopped run ends with. Only the main process of a DDP job writes."""
+
+    def __init__(self, out: str | Path | None, data: Data, cfg: TrainConfig, rt: Runtime,
+                 metadata: dict[str, str] | None = None) -> None:
+        self.out = Path(out) if out is not None else new_run_folder("fit")
+        self.data, self.cfg, self.rt = data, cfg, rt
+        # what every checkpoint carries besides the weights, for vit.predict and the user
+        self.metadata = {"classes": json.dumps(data.classes), "mean": json.dumps(data.mean),
+                         "std": json.dumps(data.std), "args": json.dumps(sys.argv), **(metadata or {})}
+        self.history: list[dict] = []
+        self.saved: int | None = None  # the last epoch whose resume state is on disk
+        self.best = -1.0  # the best held-out accuracy so far, which best.safetensors holds
+        self.estimate: RunEstimate | None = None
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def open(self) -> Iterator[None]:
+        """The folder claimed for this process while the block runs (one run per folder); Ctrl-C, a
+        diverged loss (FloatingPointError) or a failed write (a full disk) ends it with a message saying
+        what was kept and how to continue."""
+        with claimed(self.out, self.rt.main):
+            try:
+                yield
+            except (KeyboardInterrupt, FloatingPointError, OSError) as e:
+                raise self._stopped(e) from None
+
+    def resume(self, path: Path | None, fallback: bool, model: nn.Module, opt: torch.optim.Optimizer,
+               ema: object | None) -> tuple[int, int]:
+        """Loads the resume state at `path` (None: a fresh start) into the model, the optimizer and the EMA
+        (an `engine.EMA`), records the run in args.json and returns (epochs done, steps done). With
+        `fallback`, an unreadable state gives way to the one before it (`read_resume_state`)."""
+        epoch = step = 0
+        if path is not None:
+            def apply(state: dict) -> None:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+
+            state, path = read_resume_state(path, fallback, apply)
+            epoch, step, self.history, self.saved = state["epoch"], state["step"], state["history"], state["epoch"]
+            _say(self.rt.main, f"resumed from {path} after epoch {epoch}")
+            if ema is not None and "ema" in state:
+                ema.model.load_state_dict(state["ema"])
+            elif ema is not None:
+                _say(self.rt.main, f"warning: {path} holds no EMA weights; the average starts from the resumed weights")
+                ema.model.load_state_dict(model.state_dict())
+        if epoch > self.cfg.epochs:  # results.json would claim the run trained cfg.epochs
+            raise VitError(f"--epochs {self.cfg.epochs}: the run in {self.out} has trained {epoch} epochs already; "
+                           f"resume it with --epochs {epoch} or more")
+        if self.rt.main:
+            record_run(self.out, asdict(self.cfg), asdict(model.cfg), self.data.classes, resumed=path is not None)
+        self.estimate = RunEstimate(self.cfg, epoch, len(self.data.train), len(self.data.held_out) * self.cfg.batch_size,
+                                    self.rt.main, ema is not None)
+        self.best = max((h["eval_acc"] for h in self.history if "eval_acc" in h), default=-1.0)
+        self.start = time.perf_counter()
+        return epoch, step
+
+    def step_report(self, epoch: int) -> Callable[[int, int, float, torch.Tensor], None]:
+        """What `train_epoch` calls after each step of `epoch`: the estimate, the progress line, and a stop
+        as soon as the running loss is no longer a number."""
+        progress = Progress(len(self.data.train), f"epoch {epoch + 1}", self.rt.main)
+
+        def report(done: int, images: int, seconds: float, sums: torch.Tensor) -> None:
+            self.estimate.step(seconds, images)
+            if progress.due(done):
+                mean_loss = (sums[0] / sums[2]).item()
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"loss is {mean_loss} in epoch {epoch + 1}, step {done}")
+                progress.show(done, int(sums[2].item()) * self.rt.world_size, mean_loss)
+
+        return report
+
+    def end_epoch(self, epoch: int, stats: dict, step: int, model: nn.Module, opt: torch.optim.Optimizer,
+                  ema_model: nn.Module | None) -> None:
+        """After `epoch`: its line, best.safetensors if it scored best, every cfg.save_every epochs (and
+        after the last) last.safetensors with the resume state, and the metrics so far."""
+        self.history.append({"epoch": epoch, **stats})
+        if not self.rt.main:
+            return
+        scored = model if ema_model is None else ema_model
+        print(summary_line(self.history[-1], self.cfg.epochs, self.data.split), flush=True)
+        if stats.get("eval_acc", -1.0) > self.best:
+            self.best = stats["eval_acc"]
+            save_weights(self.out / "best.safetensors", scored, self.metadata)
+        if epoch % self.cfg.save_every == 0 or epoch == self.cfg.epochs:
+            save_weights(self.out / "last.safetensors", scored, self.metadata)
+            save_state(self.out / STATE_FILE, model, opt, epoch, step, self.history, ema_model)
+            self.saved = epoch
+        write_metrics(self.out, self.history, self.data.split)
+
+    def finish(self, result: dict, model: nn.Module) -> dict:
+        """results.json (and confusion.png) from the final evaluation `result`, and the line saying it."""
+        results = run_results(result, self.history, self.data, model, self.cfg, self.rt, self.best,
+                              time.perf_counter() - self.start)
+        if self.rt.main:
+            split = self.data.split
+            write_results(self.out, results, self.data.classes)
+            print(f"final {split} accuracy {100 * result['acc']:.2f}% ({result['count']} images)"
+                  f"{tta_note(result, self.cfg.tta)}, {results['train_seconds']:.0f}s training, outputs in {self.out}",
+                  flush=True)
+        return results
+
+    def _stopped(self, e: BaseException) -> BaseException:
+        """The exception to raise for a run stopped by Ctrl-C, a diverged loss or a failed write, after
+        removing its folder when nothing was saved yet (so no empty run is left for the user or --resume
+        auto)."""
+        out, saved = self.out, self.saved
+        removed = self.rt.main and saved is None and remove_unstarted(out)
+        kept = (f"the state after epoch {saved} is kept in {out}" if saved is not None
+                else f"no epoch was saved{'; removed ' + str(out) if removed else ''}")
+        if isinstance(e, OSError):
+            what = (e.strerror or str(e)).lower()
+            where = f" while writing {Path(e.filename).name.split('.tmp-')[0].removesuffix('.next')}" if e.filename else ""
+            return VitError(f"{what}{where} in {out}; {kept}")
+        if isinstance(e, FloatingPointError):
+            return VitError(f"training diverged: {e}; {kept}")
+        if saved is None:
+            return KeyboardInterrupt(f"interrupted before the first epoch was saved{'; removed ' + str(out) if removed else ''}")
+        return KeyboardInterrupt(f"interrupted after epoch {saved}; continue with --resume auto --output {out}")
+
+
+def run_results(result: dict, history: list[dict], data: Data, model: nn.Module, cfg: TrainConfig, rt: Runtime,
+                best: float, wall: float) -> dict:
+    """results.json's content: the final evaluation, named by its split (test_acc or val_acc), and the run."""
+    split = data.split
+    train_seconds = sum(h["seconds"] for h in history)
+    results = {
+        "split": split, f"{split}_acc": result["acc"], f"{split}_loss": result["loss"], f"{split}_images": result["count"],
+        f"best_{split}_acc": best, "per_class_acc": dict(zip(data.classes, result["per_class_acc"])),
+        "confusion": result["confusion"], "classes": data.classes, "epochs": cfg.epochs,
+        "params": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
+        "wall_seconds_this_process": wall,
+        "train_img_per_s": sum(h["img_per_s"] * h["seconds"] for h in history) / max(train_seconds, 1e-9),
+        "device": str(rt.device), "processes": rt.world_size, "command": " ".join(sys.argv), "versions": versions(),
+        "ema": cfg.ema, "tta": cfg.tta,
+    }
+    if "single_acc" in result:  # the accuracy above is the --tta views' mean prediction
+        results.update({"views": result["views"], f"single_view_{split}_acc": result["single_acc"],
+                        f"single_view_{split}_loss": result["single_loss"]})
+    if "raw_eval_acc" in history[-1]:
+        results[f"raw_{split}_acc"] = history[-1]["raw_eval_acc"]
+    return results
+
+
+def summary_line(h: dict, epochs: int, split: str) -> str:
+    """An epoch's line on stdout: learning rate, training and held-out loss and accuracy, time, speed."""
+    held_out = f"{split} loss {h['eval_loss']:.4f} acc {100 * h['eval_acc']:6.2f}%" if "eval_acc" in h else ""
+    raw = f" (without EMA {100 * h['raw_eval_acc']:6.2f}%)" if "raw_eval_acc" in h else ""
+    tta = f" (with TTA {100 * h['tta_eval_acc']:6.2f}%)" if "tta_eval_acc" in h else ""
+    return (f"epoch {h['epoch']:>3}/{epochs}  lr {h['lr']:.2e}  train loss {h['train_loss']:.4f} "
+            f"acc {100 * h['train_acc']:6.2f}%  {held_out}{raw}{tta}  {h['seconds']:6.1f}s  {h['img_per_s']:7.0f} img/s")
+
+
+def tta_note(result: dict, tta: str) -> str:
+    """' with --tta NAME (V views; X% from the image alone)' after a reported accuracy, or ''."""
+    if tta == "none":
+        return ""
+    return f" with --tta {tta} ({result['views']} views; {100 * result['single_acc']:.2f}% from the image alone)"
+
+
+def load_scored_weights(path: Path, fallback: bool, model: nn.Module) -> nn.Module:
+    """The weights a run reported, from its resume state at `path`: its EMA average where it kept one (in
+    a copy of `model`), else the trained weights (loaded into `model`)."""
+    state, _ = read_resume_state(path, fallback, lambda state: model.load_state_dict(state["model"]))
+    if "ema" not in state:
+        return model
+    average = copy.deepcopy(model)
+    average.load_state_dict(state["ema"])
+    return average

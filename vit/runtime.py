@@ -1,64 +1,32 @@
-"""Where and how a run executes: device, DDP processes, bf16 autocast, attention kernel, compile.
+"""Choosing the `Runtime` of a command: the device, the DDP job, bf16 autocast and the attention kernel.
 
-These are runtime choices, made afresh at every run and never saved with a model: the same
-checkpoint trains or predicts on a CPU with the explicit attention and on a GPU with the fused one.
-`setup_runtime()` picks them (a process launched by torchrun joins its DDP job); `shutdown()` ends it.
-Precision and attention kernel depend on the model as well as the device: `choose_amp` and
-`choose_fused_attn` hold the measured rules, each with the reason it gives the user.
+`setup_runtime()` picks them (a process launched by torchrun joins its DDP job); `shutdown()` ends the
+job. Precision and attention kernel depend on the model as well as the device: `choose_amp` and
+`choose_fused_attn` hold the measured rules, each with the reason it gives the user (the figures behind
+them: README, "Speed levers").
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from .config import Runtime
 from .errors import VitError
 from .model import ViTConfig
 
-# bf16 autocast on a CPU pays only with AMX-BF16 tiles (a 2048^3 bf16 matmul ran 6.5x fp32 on a Xeon with
-# them) and only on wide models: there a ViT-B/16 (width 768) trained 3.0x and predicted 3.55x faster,
-# while the MNIST (64) and CIFAR-10 (128) presets trained 0.34x and 0.73x as fast (casts and small
-# matrices). Between widths 128 and 768 the speed-up grew about 1.7x per doubling, so it crosses 1x near
-# width 190 and reaches ~1.7x at 384 (ViT-S): the smallest width where bf16 is switched on by itself.
-# On another AMX Xeon (2 cores, family 6 model 167) the presets ran 0.97x and 1.59x and ViT-B/16 3.67x
-# (`python -m vit.bench train`, `finetune`): the crossover moves between CPUs, so the rule keeps to the
-# widths where bf16 won on both, and --amp turns it on below them.
+# bf16 autocast pays on a CPU only with AMX-BF16 tiles, and there only for wide models: for narrow ones
+# the casts and small matrices cost more than the faster matmuls save, and where the two cross moves
+# between CPUs. From this width (ViT-S) up it paid on every AMX CPU measured (README, "Speed levers"); --amp
+# turns it on below.
 AMP_MIN_WIDTH = 384
-# On the CPU the explicit attention trained the MNIST and CIFAR-10 presets (head widths 16 and 32)
-# 1.1-1.6x faster than torch's fused kernel; at ViT-B/16's head width 64 the fused one was faster
-# (1.06x training, 1.11x inference on a 2-core Zen 3 EPYC). So: fused from this head width up.
+# On the CPU the explicit attention beats torch's fused kernel for narrow heads (the small presets' 16 and
+# 32) and loses from ViT-B/16's 64 (README, "Speed levers"). So: fused from this head width up.
 FUSED_MIN_HEAD_DIM = 64
 CPUINFO = Path("/proc/cpuinfo")  # the CPU's flags, where torch has no check of its own
-
-
-@dataclass
-class Runtime:
-    """The device, this process's place in a DDP job, and how the model runs there."""
-    device: torch.device
-    amp: bool = False  # bf16 autocast (see choose_amp)
-    amp_reason: str = ""  # why amp is on or off, for the line a run prints
-    rank: int = 0
-    world_size: int = 1
-    fused_attn: bool = False  # F.scaled_dot_product_attention, or the explicit softmax(q k^T / sqrt(d)) v
-    compile: bool = False  # torch.compile the model for training
-    workers: int = 0  # DataLoader worker processes for image folders
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sums `t` over processes (exact for counts and sums; identity in a single process)."""
-        if self.world_size > 1:
-            dist.all_reduce(t)
-        return t
 
 
 def world_size() -> int:
@@ -137,8 +105,7 @@ def choose_fused_attn(attn: str, device_type: str, model: ViTConfig | None = Non
 def shutdown(rt: Runtime) -> None:
     """Ends a DDP job: the processes wait for each other, then close their connections together."""
     if rt.world_size > 1:
-        # Rank 0 is still writing the outputs when the others get here. Without this wait a rank closed its
-        # gloo connections meanwhile, and one such CI run aborted (SIGABRT, 'terminate called without an
-        # active exception'); with it no process tears down while another may still use the connections.
+        # Rank 0 may still be writing the outputs when the others get here: they wait, so that no process
+        # closes its connections while another may still use them (gloo aborts the whole job then).
         dist.barrier()
         dist.destroy_process_group()

@@ -51,11 +51,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Sequence, TextIO
 
-from vit import plot
-from vit.cli import SYSTEM_FLAGS
-from vit.errors import VitError, positive_int, run_cli
-from vit.formats import atomic_write
-from vit.runs import read_record, write_csv
+from . import plot
+from .cli import SYSTEM_FLAGS
+from .errors import USER_ERRORS, VitError, positive_int, run_cli
+from .files import atomic_write
+from .runs import read_record, write_csv
 
 # Options the sweep sets itself for every run, so they cannot be an axis or a fixed flag.
 RESERVED = {"output": "each run gets its own folder under the sweep's --output",
@@ -93,7 +93,7 @@ SCRIPTS = ("train", "finetune")  # the commands a sweep can run: vit/train.py an
 def _script(name: str = "train") -> ModuleType:
     """The command a run is: vit.train (`python train.py`) or vit.finetune (`python finetune.py`); each
     run calls its main(), the command's own code path."""
-    return importlib.import_module(f"vit.{name}")
+    return importlib.import_module(f".{name}", __package__)
 
 
 def train_parser(script: str = "train") -> argparse.ArgumentParser:
@@ -296,7 +296,7 @@ def train_run(argv: list[str], out: Path, script: str = "train") -> dict[str, ob
             return _result_fields(module.main(argv))
     except SystemExit as e:  # the script's argparse error (exit 2): its message is the last error line
         error = tail.last_error() or f"{script}.py exited with status {e.code}"
-    except VitError as e:
+    except USER_ERRORS as e:
         error = f"error: {e}"
     except Exception as e:  # a bug or a crash: keep the traceback for whoever debugs it, and go on
         traceback.print_exc()

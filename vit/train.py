@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from vit.augment import BATCH_PRESETS, IMAGE_TRANSFORMS
-from vit.cli import (MODEL_FLAGS, add_common_args, check_aug_flags, check_system_args, print_config, recipes_epilog,
-                     run, runtime, train_config)
-from vit.config import TrainConfig
-from vit.data import folder_data, tensor_data
-from vit.datasets import IMAGE_SHAPES
-from vit.errors import run_cli
-from vit.model import PRESETS, ViTConfig, VisionTransformer, describe
-from vit.recipes import FOLDER_IMG_SIZE, RECIPE_PRESETS, RECIPES, folder_arch, folder_schedule
+from .augment import BATCH_PRESETS, IMAGE_TRANSFORMS
+from .cli import (MODEL_FLAGS, add_common_args, check_aug_flags, check_system_args, choose_runtime, print_config,
+                  recipes_epilog, train_config, train_or_evaluate)
+from .config import TrainConfig
+from .data import folder_data, tensor_data
+from .datasets import IMAGE_SHAPES
+from .errors import run_cli
+from .model import PRESETS, ViTConfig, VisionTransformer, describe
+from .recipes import FOLDER_IMG_SIZE, RECIPE_PRESETS, RECIPES, folder_arch, folder_schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("(a folder's epochs and eval_every follow its size once it is read: vit.recipes.folder_schedule)",
                   file=sys.stderr)
         return {}
-    rt = runtime(args, model_cfg)
+    rt = choose_runtime(args, model_cfg)
     if args.kind == "folder":
         name = Path(args.data).resolve().name
         data = folder_data(args.data, cfg, model_cfg.img_size, rt)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rt.main:
         print(f"{name}: {len(data.classes)} classes, {cfg.epochs} epochs | model {describe(model_cfg)}",
               file=sys.stderr)
-    return run(model, data, cfg, rt, args, f"{name}-{model_cfg.patch_embed}-{model_cfg.pos_embed}")
+    return train_or_evaluate(model, data, cfg, rt, args, f"{name}-{model_cfg.patch_embed}-{model_cfg.pos_embed}")
 
 
 if __name__ == "__main__":

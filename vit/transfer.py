@@ -40,14 +40,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vit import plot
-from vit.config import ConfigError
-from vit.errors import VitError, run_cli
-from vit.folders import find_classes, split_folders
-from vit.formats import atomic_write
-from vit.recipes import RECIPES
-from vit.runs import write_csv
-from vit.sweep import exit_if_failed, mean_std, train_run
+from . import plot
+from .config import ConfigError
+from .errors import VitError, run_cli
+from .folders import find_classes, split_folders
+from .files import atomic_write
+from .recipes import RECIPES
+from .runs import write_csv
+from .sweep import exit_if_failed, mean_std, train_run
 
 ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
 VEHICLES = ("airplane", "automobile", "ship", "truck")

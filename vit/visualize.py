@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vit import plot
-from vit.augment import eval_transform, normalize
-from vit.datasets import IMAGE_SHAPES, load_tensor_dataset
-from vit.errors import VitError, run_cli
-from vit.folders import read_image
-from vit.model import VisionTransformer
-from vit.predict import CROP_PCT
-from vit.weights import load_checkpoint, saved_normalisation
+from . import plot
+from .augment import eval_transform, normalize
+from .datasets import IMAGE_SHAPES, load_tensor_dataset
+from .errors import VitError, run_cli
+from .folders import read_image
+from .model import VisionTransformer
+from .predict import CROP_PCT
+from .weights import load_checkpoint, saved_normalisation
 
 SMALL_MODEL = 64  # input side up to which an image is resized whole (MNIST / CIFAR models see full frames)
 CELL = 160  # pixels per panel of attention.png
