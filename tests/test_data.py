@@ -14,6 +14,7 @@ from PIL import Image
 import vit.data as data
 import vit.datasets as datasets
 import vit.folders as folders
+import vit.memory as memory
 from vit.config import TrainConfig
 from vit.data import TensorLoader
 from vit.datasets import load_tensor_dataset
@@ -606,25 +607,25 @@ def test_available_memory_is_the_least_of_meminfo_the_cgroup_and_the_address_spa
     (proc / "self").mkdir(parents=True)
     (cgroup / "memory").mkdir(parents=True)
     (proc / "meminfo").write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
-    assert folders.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    assert memory.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
     (cgroup / "memory.max").write_text("max\n")  # cgroup v2 without a limit
     (cgroup / "memory.current").write_text("1000\n")
-    assert folders.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
+    assert memory.available_memory(proc, cgroup) == (8_192_000_000, "MemAvailable")
     (cgroup / "memory.max").write_text("3000000000\n")
     (cgroup / "memory.current").write_text("1500000000\n")
     (cgroup / "memory.stat").write_text("anon 1000000000\ninactive_file 400000000\n")  # cache it can drop
-    assert folders.available_memory(proc, cgroup) == (1_900_000_000, f"the cgroup limit {cgroup / 'memory.max'} "
+    assert memory.available_memory(proc, cgroup) == (1_900_000_000, f"the cgroup limit {cgroup / 'memory.max'} "
                                                                   "less its use")
     (cgroup / "memory.max").unlink()
     (cgroup / "memory" / "memory.limit_in_bytes").write_text("2000000000\n")  # cgroup v1
     (cgroup / "memory" / "memory.usage_in_bytes").write_text("500000000\n")
-    assert folders.available_memory(proc, cgroup)[0] == 1_500_000_000
+    assert memory.available_memory(proc, cgroup)[0] == 1_500_000_000
     (proc / "self" / "limits").write_text("Limit                     Soft Limit           Hard Limit           Units\n"
                                           "Max address space         1000000000           unlimited            bytes\n")
     (proc / "self" / "status").write_text("Name:\tpython\nVmSize:\t  300000 kB\n")
-    assert folders.available_memory(proc, cgroup) == (692_800_000, "the address-space limit (ulimit -v) less this "
+    assert memory.available_memory(proc, cgroup) == (692_800_000, "the address-space limit (ulimit -v) less this "
                                                                 "process's size")
-    assert folders.available_memory(tmp_path / "none", tmp_path / "none") is None  # not Linux: no check
+    assert memory.available_memory(tmp_path / "none", tmp_path / "none") is None  # not Linux: no check
 
 
 def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch, capsys):
@@ -632,7 +633,7 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
         (tmp_path / "f" / name).mkdir(parents=True)
         for i in range(8):
             Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(tmp_path / "f" / name / f"{i}.png")
-    monkeypatch.setattr(folders, "available_memory", lambda: (50_000_000, "MemAvailable"))
+    monkeypatch.setattr(memory, "available_memory", lambda: (50_000_000, "MemAvailable"))
     monkeypatch.setattr(folders, "decode_all", lambda *a: pytest.fail("decoded a folder that cannot be held"))
     from vit import train
     from vit.errors import run_cli
@@ -645,7 +646,7 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
         "on batches of 2 about 47.2 MB more: more than 80% of the 50.0 MB available (MemAvailable); use --aug rrc, "
         "which decodes the images batch by batch instead of holding them, or a smaller --img-size or --batch-size")
     monkeypatch.undo()
-    monkeypatch.setattr(folders, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
+    monkeypatch.setattr(memory, "available_memory", lambda: (64_000_000, "MemAvailable"))  # 50.3 MB of 51.2: a run
     assert len(data.folder_data(tmp_path / "f", TrainConfig(aug="cifar", batch_size=2), 256).train.x) == 14
 
 

@@ -52,7 +52,7 @@ def test_freeze_trains_the_head_only(tmp_path, weights):
 
 @pytest.mark.parametrize("extra,message", [
     (["--weights", "missing.safetensors"], "--weights missing.safetensors: no such file"),
-    (["--arch", "vit_huge"], "--arch 'vit_huge'"),
+    (["--arch", "vit_huge"], "argument --arch: invalid choice: 'vit_huge'"),
     (["--layer-decay", "0"], "--layer-decay must be in (0, 1]"),
 ])
 def test_bad_flags_exit_2(tmp_path, weights, extra, message, capsys):

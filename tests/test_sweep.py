@@ -116,10 +116,17 @@ patch_size,pos,seed,status,test_acc,params,train_seconds,train_img_per_s,output,
 """
 
 
+def read_sweep_csv(path):
+    """(axis names, rows) of a sweep.csv: the axes are the columns before 'seed'."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames[:reader.fieldnames.index("seed")], list(reader)
+
+
 def test_markdown_aggregates_a_fake_sweep_csv(tmp_path):
     path = tmp_path / "sweep.csv"
     path.write_text(FAKE_CSV)
-    axes, rows = sweep.read_csv(path)
+    axes, rows = read_sweep_csv(path)
     assert axes == ["patch_size", "pos"]
     lines = sweep.markdown(rows, axes, "python -m vit.sweep ...").splitlines()
     table = [line for line in lines if line.startswith("| ")]
@@ -136,7 +143,7 @@ def test_markdown_aggregates_a_fake_sweep_csv(tmp_path):
 def test_per_value_statistics_for_the_charts(tmp_path):
     path = tmp_path / "sweep.csv"
     path.write_text(FAKE_CSV)
-    _, rows = sweep.read_csv(path)
+    _, rows = read_sweep_csv(path)
     (v4, m4, s4, n4), (v7, m7, s7, n7) = sweep.by_value(rows, "patch_size")
     assert (v4, n4, v7, n7) == ("4", 4, "7", 1)
     assert m4 == pytest.approx(0.9725) and s4 == pytest.approx(np.std([0.97, 0.99, 0.98, 0.95], ddof=1))

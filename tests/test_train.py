@@ -345,3 +345,21 @@ def test_headline_command_one_epoch_on_real_mnist(tmp_path):
     results = train.main(["--data", "mnist", "--patch", "manual", "--pos", "sin", "--data-dir", str(SHARED / "data"),
                           "--no-download", "--epochs", "1", "--output", str(tmp_path / "run")])
     assert results["test_acc"] >= 0.95
+
+
+def test_fit_from_python_runs_the_models_own_attention_kernel_unless_the_runtime_names_one(tmp_path):
+    """Runtime() names no kernel, so the model's default (fused, as timm's) runs; one that names a kernel sets it."""
+    from vit.config import TrainConfig
+    from vit.data import in_memory_data
+    from vit.engine import fit
+    from vit.model import VisionTransformer
+
+    x, y = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.arange(16) % 2
+    cfg = TrainConfig(epochs=1, batch_size=8)
+    data = in_memory_data((x, y), (x, y), ["a", "b"], [0.5], [0.5], cfg, Runtime(), "val")
+    model = VisionTransformer(ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=2, embed_dim=8, depth=2,
+                                        num_heads=2))
+    fit(model, data, cfg, out=tmp_path / "default")
+    assert all(block.attn.fused for block in model.blocks)
+    fit(model, data, cfg, rt=Runtime(fused_attn=False), out=tmp_path / "explicit")
+    assert not any(block.attn.fused for block in model.blocks)

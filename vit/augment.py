@@ -152,17 +152,9 @@ def _one_hot_smooth(y: torch.Tensor, num_classes: int, smoothing: float) -> torc
     return out.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + off)  # (B,) -> (B, 1)
 
 
-def mixup_cutmix(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    generator: torch.Generator,
-    mixup_alpha: float = 0.8,
-    cutmix_alpha: float = 1.0,
-    prob: float = 1.0,
-    switch_prob: float = 0.5,
-    smoothing: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup_cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, generator: torch.Generator,
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
+                 smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix with one lambda per batch (timm's `Mixup`, mode='batch'); returns (x, targets).
 
     With probability `prob` the batch is mixed with itself reversed (x.flip(0)): CutMix (chosen with
@@ -172,10 +164,8 @@ def mixup_cutmix(
     of label-smoothed one-hots, so every row sums to 1. The input x is never modified.
     """
     if mixup_alpha < 0 or cutmix_alpha < 0 or (mixup_alpha == 0 and cutmix_alpha == 0):
-        raise ValueError(
-            f"mixup_cutmix: need alphas >= 0 and at least one > 0, got mixup_alpha={mixup_alpha}, "
-            f"cutmix_alpha={cutmix_alpha}"
-        )
+        raise ValueError(f"mixup_cutmix: need alphas >= 0 and at least one > 0, got mixup_alpha={mixup_alpha}, "
+                         f"cutmix_alpha={cutmix_alpha}")
     # numpy has Beta sampling; seed it from the torch generator so the result is still a pure
     # function of the generator's state.
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))

@@ -19,9 +19,10 @@ from PIL import Image
 from .augment import (BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize,
                          train_transform)
 from .config import Runtime, TrainConfig
-from .datasets import TensorDataset, load_tensor_dataset, select_classes
+from .datasets import load_tensor_dataset, select_classes
 from .errors import VitError
-from .folders import ImageFolderDataset, check_fits_in_memory, decode_all, folder_samples, pixel_stats
+from .folders import ImageFolderDataset, decode_all, folder_samples, pixel_stats
+from .memory import check_fits_in_memory
 
 
 class TensorLoader:
@@ -180,25 +181,29 @@ def tensor_data(name: str, data_dir: str | Path, cfg: TrainConfig, rt: Runtime |
     ds = load_tensor_dataset(name, data_dir, download=download)
     if classes:
         ds = select_classes(ds, classes)
-    return in_memory_data(ds, cfg, rt or Runtime(), "test")
+    return in_memory_data((ds.train_x, ds.train_y), (ds.test_x, ds.test_y), ds.classes, ds.mean, ds.std, cfg,
+                          rt or Runtime(), "test")
 
 
-def in_memory_data(ds: TensorDataset, cfg: TrainConfig, rt: Runtime, split: str) -> Data:
-    """The loaders of a dataset held as uint8 tensors, moved to the training device: batches gathered
-    by TensorLoader, augmented per batch (cfg.aug, cfg.crop_padding), normalised, mixed."""
-    dev = rt.device
-    train = TensorLoader(ds.train_x.to(dev), ds.train_y.to(dev), **batching(cfg, rt, len(ds.train_x), train=True))
+def in_memory_data(train: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor],
+                   classes: list[str], mean: Sequence[float], std: Sequence[float], cfg: TrainConfig, rt: Runtime,
+                   split: str) -> Data:
+    """The loaders of images held as uint8 tensors, (images, labels) to train on and to score, moved to the
+    training device: batches gathered by TensorLoader, augmented per batch (cfg.aug, cfg.crop_padding),
+    normalised with `mean` and `std`, mixed. `split` names what `held_out` is ("test" or "val")."""
+    (train_x, train_y), (held_x, held_y) = [(x.to(rt.device), y.to(rt.device)) for x, y in (train, held_out)]
+    mean, std = list(mean), list(std)
     # evaluation in training-size batches: larger ones ran slower on the CPU (the attention maps no longer
     # fit in cache)
-    test = TensorLoader(ds.test_x.to(dev), ds.test_y.to(dev), **batching(cfg, rt, len(ds.test_x), train=False))
-    augment, mix = batch_augment(cfg.aug, cfg.crop_padding), _mixer(cfg, len(ds.classes))
+    loaders = (TensorLoader(train_x, train_y, **batching(cfg, rt, len(train_x), train=True)),
+               TensorLoader(held_x, held_y, **batching(cfg, rt, len(held_x), train=False)))
+    augment, mix = batch_augment(cfg.aug, cfg.crop_padding), _mixer(cfg, len(classes))
 
     def prepare_train(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = augment(x.float() / 255, g)  # on [0, 1], so padding and fill are black
-        return mix(normalize(x, ds.mean, ds.std), y, g)
+        return mix(normalize(x, mean, std), y, g)
 
-    return Data(train, test, prepare_train, lambda x: normalize(x, ds.mean, ds.std), ds.classes, list(ds.mean),
-                list(ds.std), split)
+    return Data(*loaders, prepare_train, lambda x: normalize(x, mean, std), classes, mean, std, split)
 
 
 def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime | None = None, *,
@@ -228,7 +233,7 @@ def folder_data(root: str | Path, cfg: TrainConfig, img_size: int, rt: Runtime |
         own_mean, own_std = pixel_stats(train_x)
         mean = tuple(mean) if mean is not None else own_mean
         std = tuple(std) if std is not None else own_std
-        return in_memory_data(TensorDataset(train_x, train_y, val_x, val_y, classes, mean, std), cfg, rt, "val")
+        return in_memory_data((train_x, train_y), (val_x, val_y), classes, mean, std, cfg, rt, "val")
     mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
     train_tf = (eval_tf if cfg.aug == "resize"

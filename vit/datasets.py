@@ -1,6 +1,6 @@
 """The built-in datasets, MNIST, Fashion-MNIST and CIFAR-10: found or downloaded, checked, read whole.
 
-`load_tensor_dataset(name, data_dir)` returns a `TensorDataset`: uint8 images (N, C, H, W) and int64
+`load_tensor_dataset(name, data_dir)` returns an `InMemoryDataset`: uint8 images (N, C, H, W) and int64
 labels for the official train and test splits, the class names and the published per-channel
 mean/std. Missing files are downloaded from the official mirrors (md5-checked, vit/download.py),
 unless the caller says not to; every file is checked against the format before it is used
@@ -25,7 +25,7 @@ IMAGE_SHAPES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32)}
 
 
 @dataclass
-class TensorDataset:
+class InMemoryDataset:
     """A whole dataset in memory: uint8 images (N, C, H, W), int64 labels (N,), per-channel mean/std on [0, 1]."""
 
     train_x: torch.Tensor
@@ -133,7 +133,7 @@ def _read_checked_idx(path: Path, ndim: int) -> np.ndarray:
     return array
 
 
-def _load_idx_dataset(name: str, folder: Path, download: bool) -> TensorDataset:
+def _load_idx_dataset(name: str, folder: Path, download: bool) -> InMemoryDataset:
     source = _SOURCES[name]
     needed = [f for pair in _IDX_FILES.values() for f in pair]
     missing = [f for f in needed if _idx_path(folder, f) is None]
@@ -160,7 +160,7 @@ def _load_idx_dataset(name: str, folder: Path, download: bool) -> TensorDataset:
         tensors[f"{split}_x"] = torch.from_numpy(images).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         tensors[f"{split}_y"] = torch.from_numpy(labels).long()
     mean, std = _STATS[name]
-    return TensorDataset(**tensors, classes=list(_IDX_CLASSES[name]), mean=mean, std=std)
+    return InMemoryDataset(**tensors, classes=list(_IDX_CLASSES[name]), mean=mean, std=std)
 
 
 def _read_cifar_files(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +172,7 @@ def _read_cifar_files(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(np.concatenate([y for _, y in parts])))
 
 
-def _load_cifar10(folder: Path, download: bool) -> TensorDataset:
+def _load_cifar10(folder: Path, download: bool) -> InMemoryDataset:
     source = _SOURCES["cifar10"]
     batches = folder / CIFAR_DIR
     missing = [batches / f for f in CIFAR_FILES if not (batches / f).is_file()]
@@ -204,10 +204,10 @@ def _load_cifar10(folder: Path, download: bool) -> TensorDataset:
     if len(classes) != 10:
         raise VitError(f"{meta}: expected 10 class names, one a line, found {len(classes)}")
     mean, std = _STATS["cifar10"]
-    return TensorDataset(train_x, train_y, test_x, test_y, classes, mean, std)
+    return InMemoryDataset(train_x, train_y, test_x, test_y, classes, mean, std)
 
 
-def load_tensor_dataset(name: str, data_dir: str | Path, download: bool = True) -> TensorDataset:
+def load_tensor_dataset(name: str, data_dir: str | Path, download: bool = True) -> InMemoryDataset:
     """Load MNIST, Fashion-MNIST or CIFAR-10 from `data_dir/<name>/` as uint8 (N, C, H, W) tensors.
 
     Files already present are validated by format and never fetched again. Missing files are
@@ -222,7 +222,7 @@ def load_tensor_dataset(name: str, data_dir: str | Path, download: bool = True) 
     return _load_idx_dataset(name, folder, download)
 
 
-def select_classes(ds: TensorDataset, names: Sequence[str]) -> TensorDataset:
+def select_classes(ds: InMemoryDataset, names: Sequence[str]) -> InMemoryDataset:
     """The samples of the classes `names` only, relabelled 0..len(names)-1 in that order (e.g. CIFAR-10's
     six animals to pre-train on, its four vehicles to fine-tune on)."""
     unknown = [n for n in names if n not in ds.classes]
@@ -240,4 +240,4 @@ def select_classes(ds: TensorDataset, names: Sequence[str]) -> TensorDataset:
         return x[new >= 0], new[new >= 0]
 
     (train_x, train_y), (test_x, test_y) = keep(ds.train_x, ds.train_y), keep(ds.test_x, ds.test_y)
-    return TensorDataset(train_x, train_y, test_x, test_y, list(names), ds.mean, ds.std)
+    return InMemoryDataset(train_x, train_y, test_x, test_y, list(names), ds.mean, ds.std)

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(BATCH_PRESETS)}: the folder decoded once at --img-size, held in memory and "
                         "augmented per batch as train.py does (for small images, e.g. a model trained by train.py)")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default="auto", help=f"auto (infer from the file) or a preset to check it against: "
-                                                  f"{', '.join(k for k in PRESETS if k.startswith('vit_'))}")
+    m.add_argument("--arch", default="auto", choices=("auto", *PRESETS), metavar="ARCH",
+                   help=f"auto (infer from the file) or a preset to check it against: "
+                        f"{', '.join(k for k in PRESETS if k.startswith('vit_'))}")
     m.add_argument("--patch", choices=("conv", "manual"), help="patch embedding to load a timm/HF file into "
                                                                 "(default: the file's; the weights are the same)")
     m.add_argument("--keep-head", action="store_true", help="keep the file's head (class count must match)")
@@ -68,8 +69,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         p.error(f"--weights {args.weights}: no such file")
     if not args.data.is_dir():
         p.error(f"--data {args.data}: no such folder")
-    if args.arch != "auto" and args.arch not in PRESETS:
-        p.error(f"--arch {args.arch!r}: choose auto or one of {', '.join(PRESETS)}")
     if args.img_size < 1:
         p.error(f"--img-size must be >= 1, got {args.img_size}")
     if not args.freeze:  # --freeze refuses per-batch flags below

@@ -1,5 +1,9 @@
 """A run's folder on disk: where it is, its resume state, and the files it leaves for the user.
 
+`Run`, at the end of this file, is the one door through which the training loop (`vit.engine.fit`)
+reaches all of it: it claims the folder, restores and writes the resume state, saves checkpoints and
+metrics, reports progress, and turns a stop (Ctrl-C, a diverged loss, a full disk) into a message.
+
 Files in the output folder (each written to a temporary name and renamed, so a killed run never
 leaves a half-written one under its real name):
   args.json         the run's record: the command line, the run config (TrainConfig), the model config
@@ -11,7 +15,7 @@ leaves a half-written one under its real name):
   state.prev.pt     the resume state before it, which --resume auto falls back to if state.pt is
                     missing or unreadable (e.g. the process was killed while replacing it)
   last.safetensors  the model when the resume state was last written (--save-every; with --ema: the
-                    average); best.safetensors: the best held-out accuracy (written by vit.engine.fit)
+                    average); best.safetensors: the best held-out accuracy so far
   metrics.csv       one row per epoch: lr, train_loss/acc, and eval_loss/acc on the held-out split the
                     run scores (a dataset's test set, a folder's val split); curves.png: loss and accuracy
   results.json      final accuracy (test_acc on a dataset's test set, val_acc on a folder's validation
@@ -24,8 +28,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import math
 import json
+import math
 import os
 import platform
 import sys

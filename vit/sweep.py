@@ -332,16 +332,6 @@ def run_sweep(axes: Sequence[Axis], seeds: int, fixed: list[str], output: Path, 
 # Reports (pure functions of the rows, so that a sweep.csv can be re-summarised)
 
 
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """(axis names, rows) of a sweep.csv: the axes are the columns before 'seed'."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        if "seed" not in columns:
-            raise VitError(f"{path}: not a sweep.csv (no 'seed' column)")
-        return columns[:columns.index("seed")], list(reader)
-
-
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1 in the denominator); NaN for what is undefined."""
     if not values:
