@@ -21,7 +21,7 @@ from pathlib import Path
 from .augment import TTA_VIEWS, aug_problem
 from .config import ConfigError, Runtime, TrainConfig
 from .data import Data
-from .engine import evaluate, fit, runs_on
+from .engine import evaluate_held_out, fit
 from .errors import VitError
 from .model import ViTConfig, VisionTransformer
 from .runs import RESUMABLE, changed_settings, load_scored_weights, read_record, run_folder, tta_note
@@ -190,7 +190,7 @@ def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state
     if rt.fused_attn is not None:
         model.set_fused_attn(rt.fused_attn)
     scored = load_scored_weights(state, fallback, model)
-    result = evaluate(runs_on(scored, data), data.held_out, data.prepare_eval, len(data.classes), rt, cfg.tta)
+    result = evaluate_held_out(scored, data, rt, cfg.tta)
     if rt.main:
         print(f"{data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images){tta_note(result, cfg.tta)}")
     return result

@@ -195,6 +195,11 @@ def evaluate(model: nn.Module, loader: Iterable, prepare: Callable, num_classes:
     return result
 
 
+def evaluate_held_out(model: VisionTransformer, data: Data, rt: Runtime, tta: str = "none") -> dict:
+    """`evaluate` on the data's held-out images (`data.split` says which), through `runs_on`."""
+    return evaluate(runs_on(model, data), data.held_out, data.prepare_eval, len(data.classes), rt, tta)
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole run
 
@@ -225,15 +230,15 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
             stats, step = train_epoch(net, data, opt, cfg, rt, epoch, step, ema, run.step_report(epoch))
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 tta = cfg.tta if epoch + 1 == cfg.epochs else "none"  # the views only in the final evaluation
-                result = evaluate(runs_on(scored, data), data.held_out, data.prepare_eval, len(data.classes), rt, tta)
+                result = evaluate_held_out(scored, data, rt, tta)
                 stats.update(eval_loss=result.get("single_loss", result["loss"]),
                              eval_acc=result.get("single_acc", result["acc"]))
                 if tta != "none":
                     stats.update(tta_eval_loss=result["loss"], tta_eval_acc=result["acc"])
                 if ema is not None:  # the trained weights themselves, to show what the average adds
-                    raw = evaluate(runs_on(model, data), data.held_out, data.prepare_eval, len(data.classes), rt)
+                    raw = evaluate_held_out(model, data, rt)
                     stats.update(raw_eval_loss=raw["loss"], raw_eval_acc=raw["acc"])
             run.end_epoch(epoch + 1, stats, step, model, opt, None if ema is None else ema.model)
         if result is None:  # a resumed run that had finished: score what it left
-            result = evaluate(runs_on(scored, data), data.held_out, data.prepare_eval, len(data.classes), rt, cfg.tta)
+            result = evaluate_held_out(scored, data, rt, cfg.tta)
         return run.finish(result, model)

@@ -142,8 +142,8 @@ def folder_splits(root: str | Path, val_fraction: float = 0.1, seed: int = 0
 
 
 # A larger file named like an image is junk or hostile, not a photo (ImageNet's largest is ~15 MB, a
-# 100-megapixel JPEG ~50 MB): Pillow's JPEG header parser walks junk in Python at ~8 MB/s, so a 1 GiB
-# file starting with a JPEG marker took minutes to refuse, every epoch.
+# 100-megapixel JPEG ~50 MB), and Pillow's JPEG header parser walks junk in Python, a few MB a second: a
+# large file starting with a JPEG marker would take minutes to refuse, every epoch.
 MAX_IMAGE_BYTES = 64 << 20
 
 
