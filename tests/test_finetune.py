@@ -109,7 +109,8 @@ def test_batch_augmentation_holds_the_folder_in_memory_like_train_py(tmp_path, m
 
     weights = Path(__file__).resolve().parent / "fixtures" / "tiny_hf" / "model.safetensors"
     seen, real = [], data_module.in_memory_data
-    monkeypatch.setattr(data_module, "in_memory_data", lambda ds, cfg, *a: seen.append(cfg) or real(ds, cfg, *a))
+    # in_memory_data(train, held_out, classes, mean, std, cfg, rt, split): the run config is the sixth
+    monkeypatch.setattr(data_module, "in_memory_data", lambda *a: seen.append(a[5]) or real(*a))
     out = tmp_path / "run"
     finetune.main(["--weights", str(weights), "--data", str(scenes(tmp_path / "scenes")), "--epochs", "1",
                    "--aug", "cifar", "--crop-padding", "2", "--output", str(out)] + FAST)

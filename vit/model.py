@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ViTConfig:
+    """A ViT's architecture, saved in every checkpoint; each value is checked when the config is made
+    (the checks are at the end of this file). Frozen: `dataclasses.replace(cfg, ...)` makes another."""
+
     img_size: int = 224  # input height = width, in pixels
     patch_size: int = 16  # side P of a square patch; img_size must be a multiple of it
     in_chans: int = 3  # image channels: 1 for MNIST, 3 for RGB
@@ -48,7 +51,7 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # each value on its own: its type, then its range
-            problem = field_problem(f.name, getattr(self, f.name))
+            problem = _field_problem(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(f"{f.name} {problem}")
             if _FIELD_TYPES[f.name] == "float":  # a JSON file may write 4.0 as 4
@@ -68,39 +71,6 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return self.grid_size**2
-
-
-# What each ViTConfig field accepts. A config may come from a file (a checkpoint's JSON metadata), so
-# the type is checked before the range: an int is not a bool (JSON true), nor 4.0; a float is finite.
-_CHOICES = {"patch_embed": ("manual", "conv", "stem"), "pos_embed": ("learned", "sin", "none"),
-            "global_pool": ("token", "avg")}
-_AT_LEAST_1 = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
-_RATES = ("drop_rate", "attn_drop_rate", "drop_path_rate")
-# name -> 'int', 'float', 'bool' or 'str': the type of the field's default (every field has one), so the
-# check does not depend on how the annotations are stored
-_FIELD_TYPES = {f.name: type(f.default).__name__ for f in fields(ViTConfig)}
-
-
-def field_problem(name: str, value: object) -> str:
-    """What is wrong with `value` as the ViTConfig field `name` on its own, or '' (e.g. "must be >= 1, got 0")."""
-    kind = _FIELD_TYPES[name]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    accepted = {"int": number and isinstance(value, int), "float": number and math.isfinite(value),
-                "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
-    if not accepted:
-        what = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}[kind]
-        return f"is {str(value)[:50]!r} ({type(value).__name__}), not {what}"
-    if name in _CHOICES and value not in _CHOICES[name]:
-        return f"must be one of {_CHOICES[name]}, got {value!r}"
-    if name in _AT_LEAST_1 and value < 1:
-        return f"must be >= 1, got {value}"
-    if name == "num_classes" and value < 0:
-        return f"must be >= 0, got {value}"
-    if name in ("mlp_ratio", "norm_eps") and not value > 0:
-        return f"must be > 0, got {value}"
-    if name in _RATES and not 0.0 <= value < 1.0:
-        return f"must be in [0, 1), got {value}"
-    return ""
 
 
 # Named configurations. The small ones are tuned for the datasets (README, "How the recipes' defaults were chosen");
@@ -431,3 +401,39 @@ def describe(cfg: ViTConfig) -> str:
             f"patch {cfg.patch_size} ({cfg.patch_embed}), {cfg.img_size} px ({cfg.grid_size}x{cfg.grid_size} "
             f"tokens), {cfg.in_chans} channels, pos {cfg.pos_embed}, pool {cfg.global_pool}, {head}, "
             f"LayerNorm eps {cfg.norm_eps:g}, {params / 1e6:.2f}M parameters")
+
+
+# ------------------------------------------------------------------------------------------------
+# The checks of a config's values, gathered here
+
+# What each ViTConfig field accepts. A config may come from a file (a checkpoint's JSON metadata), so
+# the type is checked before the range: an int is not a bool (JSON true), nor 4.0; a float is finite.
+_CHOICES = {"patch_embed": ("manual", "conv", "stem"), "pos_embed": ("learned", "sin", "none"),
+            "global_pool": ("token", "avg")}
+_AT_LEAST_1 = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+_RATES = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+# name -> 'int', 'float', 'bool' or 'str': the type of the field's default (every field has one), so the
+# check does not depend on how the annotations are stored
+_FIELD_TYPES = {f.name: type(f.default).__name__ for f in fields(ViTConfig)}
+
+
+def _field_problem(name: str, value: object) -> str:
+    """What is wrong with `value` as the ViTConfig field `name` on its own, or '' (e.g. "must be >= 1, got 0")."""
+    kind = _FIELD_TYPES[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    accepted = {"int": number and isinstance(value, int), "float": number and math.isfinite(value),
+                "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+    if not accepted:
+        what = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}[kind]
+        return f"is {str(value)[:50]!r} ({type(value).__name__}), not {what}"
+    if name in _CHOICES and value not in _CHOICES[name]:
+        return f"must be one of {_CHOICES[name]}, got {value!r}"
+    if name in _AT_LEAST_1 and value < 1:
+        return f"must be >= 1, got {value}"
+    if name == "num_classes" and value < 0:
+        return f"must be >= 0, got {value}"
+    if name in ("mlp_ratio", "norm_eps") and not value > 0:
+        return f"must be > 0, got {value}"
+    if name in _RATES and not 0.0 <= value < 1.0:
+        return f"must be in [0, 1), got {value}"
+    return ""

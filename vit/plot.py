@@ -389,6 +389,31 @@ def heatmap(path: str | os.PathLike, matrix: list[list[float]], row_labels: list
     # label every k-th row / column so labels never overlap
     krow = max(1, math.ceil((TICK_PX + 2) / cell))
     kcol = krow if slanted else max(1, math.ceil((col_w + 6) / cell))
+    _draw_cells(c, matrix, x0, y0, cell, lo, hi, vals)
+    ybot = y0 + rows * cell
+    for i, s in enumerate(row_labels):
+        if i % krow == 0:
+            c.text(x0 - 6, y0 + (i + 0.5) * cell, s, TICK_PX, anchor="rm")
+    for j, s in enumerate(col_labels):
+        if j % kcol == 0:
+            cx = x0 + (j + 0.5) * cell
+            if slanted:
+                c.text_rotated(cx + 4, ybot + 10, s, 45, TICK_PX, end=True)
+            else:
+                c.text(cx, ybot + 6, s, TICK_PX, anchor="mt")
+    _draw_colour_bar(c, x0 + cols * cell + 20, y0, rows * cell, lo, hi, cbar_ticks)
+    if title:
+        c.text(W / 2, 10, _ellipsize(c, title, TITLE_PX, W - 10), TITLE_PX, anchor="mt")
+    if xlabel:
+        c.text(x0 + cols * cell / 2, H - 8, xlabel, LABEL_PX, anchor="md")
+    if ylabel:
+        c.text_rotated(14, y0 + rows * cell / 2, ylabel, 90, LABEL_PX)
+    _save_png(c.finish(), path)
+
+
+def _draw_cells(c: _Canvas, matrix: list[list[float]], x0: float, y0: float, cell: float, lo: float, hi: float,
+                vals: list[float]) -> None:
+    """A heatmap's cells, coloured on [lo, hi], each with its value where the value fits."""
     all_int = all(v == int(v) for v in vals)
     biggest = max([abs(v) for v in vals] + [0.0])
     value_px = max(8, min(TICK_PX, int(cell / 3.2)))
@@ -404,35 +429,21 @@ def heatmap(path: str | os.PathLike, matrix: list[list[float]], row_labels: list
                 if c.text_w(text, value_px) <= cell - 2:
                     c.text((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, text, value_px,
                            fill=(255, 255, 255) if lum < 140 else TEXT, anchor="mm")
-    for i, s in enumerate(row_labels):
-        if i % krow == 0:
-            c.text(x0 - 6, y0 + (i + 0.5) * cell, s, TICK_PX, anchor="rm")
-    ybot = y0 + rows * cell
-    for j, s in enumerate(col_labels):
-        if j % kcol == 0:
-            cx = x0 + (j + 0.5) * cell
-            if slanted:
-                c.text_rotated(cx + 4, ybot + 10, s, 45, TICK_PX, end=True)
-            else:
-                c.text(cx, ybot + 6, s, TICK_PX, anchor="mt")
-    # colour bar: a vertical strip from hi (top) to lo (bottom) with ticks
-    cb0 = x0 + cols * cell + 20
-    steps = max(2, round(rows * cell))
+
+
+def _draw_colour_bar(c: _Canvas, x: float, top: float, height: float, lo: float, hi: float,
+                     ticks: list[float]) -> None:
+    """A vertical colour strip `height` tall from hi (top) to lo (bottom) at x, with its ticks."""
+    bottom = top + height
+    steps = max(2, round(height))
     for k in range(steps):
-        t0 = y0 + rows * cell * k / steps
-        c.rect((cb0, t0, cb0 + 16, t0 + rows * cell / steps + 0.5), fill=colormap(1 - k / (steps - 1)))
-    c.rect((cb0, y0, cb0 + 16, ybot), outline=AXIS)
-    for t, label in zip(cbar_ticks, _tick_labels(cbar_ticks)):
-        ty = ybot - (t - lo) / (hi - lo) * rows * cell
-        c.line([(cb0 + 16, ty), (cb0 + 20, ty)], AXIS)
-        c.text(cb0 + 23, ty, label, TICK_PX, anchor="lm")
-    if title:
-        c.text(W / 2, 10, _ellipsize(c, title, TITLE_PX, W - 10), TITLE_PX, anchor="mt")
-    if xlabel:
-        c.text(x0 + cols * cell / 2, H - 8, xlabel, LABEL_PX, anchor="md")
-    if ylabel:
-        c.text_rotated(14, y0 + rows * cell / 2, ylabel, 90, LABEL_PX)
-    _save_png(c.finish(), path)
+        t0 = top + height * k / steps
+        c.rect((x, t0, x + 16, t0 + height / steps + 0.5), fill=colormap(1 - k / (steps - 1)))
+    c.rect((x, top, x + 16, bottom), outline=AXIS)
+    for t, label in zip(ticks, _tick_labels(ticks)):
+        ty = bottom - (t - lo) / (hi - lo) * height
+        c.line([(x + 16, ty), (x + 20, ty)], AXIS)
+        c.text(x + 23, ty, label, TICK_PX, anchor="lm")
 
 
 def _to_pil(img: Any) -> Image.Image:
