@@ -95,7 +95,7 @@ def _read_idx_stream(path: Path, f: IO[bytes], size: int, compressed: bool) -> n
     head = f.read(4)
     if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
         raise FormatError(f"{path}: bad magic {head.hex(' ')!r}: expected 00 00 <type> <ndim> with type "
-                       f"in {', '.join(f'{c:#04x}' for c in _IDX_DTYPES)}; is this an IDX file?")
+                          f"in {', '.join(f'{c:#04x}' for c in _IDX_DTYPES)}; is this an IDX file?")
     dtype, ndim = _IDX_DTYPES[head[2]], head[3]
     if ndim == 0:
         raise FormatError(f"{path}: bad header: ndim is 0 (an IDX file has at least one dimension)")
@@ -110,10 +110,10 @@ def _read_idx_stream(path: Path, f: IO[bytes], size: int, compressed: bool) -> n
     if not compressed and expected != size - header:
         problem = "truncated" if expected > size - header else "trailing bytes"
         raise FormatError(f"{path}: {problem}: header says {expected} data bytes for shape {shape}, "
-                       f"file has {size - header}")
+                          f"file has {size - header}")
     if compressed and expected > _GZIP_MAX_RATIO * size:
         raise FormatError(f"{path}: truncated: header says {expected} data bytes for shape {shape}, "
-                       f"more than a {size}-byte gzip file can hold")
+                          f"more than a {size}-byte gzip file can hold")
     data = np.empty(expected, dtype=np.uint8)
     got = _fill(f, memoryview(data))
     if got < expected:
@@ -139,7 +139,7 @@ def read_cifar_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         size = os.fstat(f.fileno()).st_size
         if size == 0 or size % _CIFAR_RECORD:
             raise FormatError(f"{path}: size {size} is not a positive multiple of the {_CIFAR_RECORD}-byte "
-                           "CIFAR-10 record; the file is truncated or not a CIFAR-10 binary batch")
+                              "CIFAR-10 record; the file is truncated or not a CIFAR-10 binary batch")
         records = np.fromfile(f, dtype=np.uint8)
     if records.size != size:
         raise FormatError(f"{path}: file changed while reading ({records.size} of {size} bytes)")
@@ -181,7 +181,7 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str,
         (n,) = struct.unpack("<Q", f.read(8))
         if n > _ST_MAX_HEADER:
             raise FormatError(f"{path}: header length {n} exceeds the limit of {_ST_MAX_HEADER} bytes; "
-                           "not a safetensors file?")
+                              "not a safetensors file?")
         if n > size - 8:
             raise FormatError(f"{path}: truncated: header length {n} exceeds the {size - 8} bytes after it")
         entries, meta = _parse_safetensors_header(path, f.read(n), size - 8 - n)
@@ -220,7 +220,7 @@ def _parse_safetensors_header(path: Path, raw: bytes, data_len: int) -> tuple[li
     for start, end, name, _, _ in entries:
         if start != pos:
             raise FormatError(f"{path}: tensor {name!r} data_offsets begin at {start}, expected {pos} "
-                           f"({'overlapping' if start < pos else 'gap between'} tensors)")
+                              f"({'overlapping' if start < pos else 'gap between'} tensors)")
         pos = end
     if pos != data_len:  # pos > data_len was ruled out per entry
         raise FormatError(f"{path}: trailing bytes: tensors cover {pos} data bytes, the file has {data_len}")

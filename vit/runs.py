@@ -109,7 +109,7 @@ def run_folder(resume: str | None, output: Path | None, run_name: str, epochs: i
         return path.parent, path
     if output is not None and holds_run(output):
         if not overwrite:
-                raise VitError(f"--output {output} holds a run; use --resume auto to continue it, another --output, "
+            raise VitError(f"--output {output} holds a run; use --resume auto to continue it, another --output, "
                            "or --overwrite to replace it")
         if main:
             print(f"--overwrite: replacing the run in {output}", file=sys.stderr)
@@ -493,8 +493,8 @@ class Run:
                            f"resume it with --epochs {epoch} or more")
         if self.rt.main:
             record_run(self.out, asdict(self.cfg), asdict(model.cfg), self.data.classes, resumed=path is not None)
-        self.estimate = RunEstimate(self.cfg, epoch, len(self.data.train), len(self.data.held_out) * self.cfg.batch_size,
-                                    self.rt.main, ema is not None)
+        held_out_images = len(self.data.held_out) * self.cfg.batch_size
+        self.estimate = RunEstimate(self.cfg, epoch, len(self.data.train), held_out_images, self.rt.main, ema is not None)
         self.best = max((h["eval_acc"] for h in self.history if "eval_acc" in h), default=-1.0)
         self.start = time.perf_counter()
         return epoch, step
@@ -549,17 +549,17 @@ class Run:
         removing its folder when nothing was saved yet (so no empty run is left for the user or --resume
         auto)."""
         out, saved = self.out, self.saved
-        removed = self.rt.main and saved is None and remove_unstarted(out)
-        kept = (f"the state after epoch {saved} is kept in {out}" if saved is not None
-                else f"no epoch was saved{'; removed ' + str(out) if removed else ''}")
+        removed = f"; removed {out}" if self.rt.main and saved is None and remove_unstarted(out) else ""
+        kept = f"the state after epoch {saved} is kept in {out}" if saved is not None else f"no epoch was saved{removed}"
         if isinstance(e, OSError):
             what = (e.strerror or str(e)).lower()
-            where = f" while writing {Path(e.filename).name.split('.tmp-')[0].removesuffix('.next')}" if e.filename else ""
+            file = Path(e.filename).name.split(".tmp-")[0].removesuffix(".next") if e.filename else ""
+            where = f" while writing {file}" if file else ""
             return VitError(f"{what}{where} in {out}; {kept}")
         if isinstance(e, FloatingPointError):
             return VitError(f"training diverged: {e}; {kept}")
         if saved is None:
-            return KeyboardInterrupt(f"interrupted before the first epoch was saved{'; removed ' + str(out) if removed else ''}")
+            return KeyboardInterrupt(f"interrupted before the first epoch was saved{removed}")
         return KeyboardInterrupt(f"interrupted after epoch {saved}; continue with --resume auto --output {out}")
 
 

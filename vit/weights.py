@@ -85,7 +85,8 @@ def hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"Hugging Face checkpoint has keys with no timm equivalent: {_listing(unmapped)}")
     for (layer, kind), parts in sorted(qkv.items()):
         _check_qkv(layer, kind, parts)
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])  # 3 x (D, ...) -> (3D, ...)
+        q, k, v = parts["query"], parts["key"], parts["value"]
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([q, k, v])  # 3 x (D, ...) -> (3D, ...): rows [q; k; v]
     return out
 
 
