@@ -186,10 +186,7 @@ def evaluate_saved(model: VisionTransformer, data: Data, cfg: TrainConfig, state
                    fallback: bool) -> dict:
     """--eval-only: scores the weights saved in the resume state `state` on data.held_out (the EMA average
     where the run kept one: that is what it reported), with cfg.tta's views; prints and returns the result."""
-    model.to(rt.device)
-    if rt.fused_attn is not None:
-        model.set_fused_attn(rt.fused_attn)
-    scored = load_scored_weights(state, fallback, model)
+    scored = load_scored_weights(state, fallback, rt.place(model))
     result = evaluate_held_out(scored, data, rt, cfg.tta)
     if rt.main:
         print(f"{data.split} accuracy {100 * result['acc']:.2f}% ({result['count']} images){tta_note(result, cfg.tta)}")

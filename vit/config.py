@@ -128,6 +128,13 @@ class Runtime:
             dist.all_reduce(t)
         return t
 
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model moved to the device, with the attention kernel this runtime names (else the model's own)."""
+        model.to(self.device)
+        if self.fused_attn is not None:
+            model.set_fused_attn(self.fused_attn)
+        return model
+
     def wrap(self, module: nn.Module) -> nn.Module:
         """The module as it trains here: replicated across the DDP job's processes, compiled if asked."""
         if self.world_size > 1:

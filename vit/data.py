@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .augment import (BATCH_PRESETS, aug_problem, batch_augment, eval_transform, mix_seed, mixup_cutmix, normalize,
-                         train_transform)
+                      train_transform)
 from .config import Runtime, TrainConfig
 from .datasets import load_tensor_dataset, select_classes
 from .errors import VitError

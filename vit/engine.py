@@ -215,9 +215,7 @@ def fit(model: VisionTransformer, data: Data, cfg: TrainConfig, *, rt: Runtime |
     rt = rt or Runtime()
     run = Run(out, data, cfg, rt, metadata)
     with run.open():  # the folder claimed; Ctrl-C, a diverged loss or a full disk end saying what was kept
-        model.to(rt.device)
-        if rt.fused_attn is not None:
-            model.set_fused_attn(rt.fused_attn)
+        rt.place(model)
         opt = build_optimizer(model, cfg)
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
         scored = model if ema is None else ema.model  # the weights evaluated, saved and reported

@@ -60,7 +60,7 @@ def feature_data(root: str | Path, model: VisionTransformer, cfg: TrainConfig, i
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
     train_samples, val_samples, classes = folder_samples(root, cfg.val_fraction, cfg.seed, rt.main)
-    model.to(rt.device).set_fused_attn(rt.fused_attn)
+    rt.place(model)
     interp = INTERPOLATIONS[interpolation]
     eval_tf = eval_transform(img_size, mean, std, interpolation=interp)
     # every process reads every image (no shard): each needs all the features

@@ -35,8 +35,8 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -49,6 +49,7 @@ from .config import Runtime, TrainConfig
 from .data import Data
 from .errors import VitError, is_int
 from .files import atomic_write
+from .model import count_params
 from .progress import Progress, RunEstimate
 from .weights import save_checkpoint
 
@@ -572,8 +573,7 @@ def run_results(result: dict, history: list[dict], data: Data, model: nn.Module,
         "split": split, f"{split}_acc": result["acc"], f"{split}_loss": result["loss"], f"{split}_images": result["count"],
         f"best_{split}_acc": best, "per_class_acc": dict(zip(data.classes, result["per_class_acc"])),
         "confusion": result["confusion"], "classes": data.classes, "epochs": cfg.epochs,
-        "params": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
-        "wall_seconds_this_process": wall,
+        "params": count_params(model), "train_seconds": train_seconds, "wall_seconds_this_process": wall,
         "train_img_per_s": sum(h["img_per_s"] * h["seconds"] for h in history) / max(train_seconds, 1e-9),
         "device": str(rt.device), "processes": rt.world_size, "command": " ".join(sys.argv), "versions": versions(),
         "ema": cfg.ema, "tta": cfg.tta,
